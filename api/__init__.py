@@ -1,0 +1,1 @@
+"""The thin HTTP submission API and the `speechq` command line."""

@@ -1,0 +1,1 @@
+"""Code shared by the API and the workers: settings, database, storage, audio, models."""

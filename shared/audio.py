@@ -1,0 +1,83 @@
+"""Probe and decode audio with ffmpeg (ffmpeg-python): one 16 kHz float32 stream per channel."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+from shared.storage import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+
+class AudioError(Exception):
+    """A file that cannot be used as audio; the message is shown to the user."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    format: str
+    codec: str
+    sample_rate: int
+    channels: int
+    duration_s: float
+
+
+def probe(path: Path) -> AudioInfo:
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        info = ffmpeg.probe(str(path))
+    except ffmpeg.Error as exc:
+        raise AudioError(f"not a readable audio file: {_ffmpeg_reason(exc)}") from None
+    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
+    if not streams:
+        kinds = sorted({s.get("codec_type", "?") for s in info.get("streams", [])})
+        raise AudioError(f"no audio stream (found: {', '.join(kinds) or 'nothing'})")
+    stream = streams[0]
+    duration = _duration(stream, info.get("format", {}))
+    return AudioInfo(
+        format=info.get("format", {}).get("format_name", "?"),
+        codec=stream.get("codec_name", "?"),
+        sample_rate=int(stream.get("sample_rate") or 0),
+        channels=int(stream.get("channels") or 0),
+        duration_s=duration,
+    )
+
+
+def decode(path: Path, channels: int) -> np.ndarray:
+    """Decode every channel to 16 kHz float32; returns shape (channels, samples). Never downmixes."""
+    try:
+        out, _ = (
+            ffmpeg.input(str(path))
+            .output("pipe:", format="f32le", acodec="pcm_f32le", ar=SAMPLE_RATE, ac=channels, map="0:a:0")
+            .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+            .run(capture_stdout=True, capture_stderr=True)
+        )
+    except ffmpeg.Error as exc:
+        raise AudioError(f"decode failed: {_ffmpeg_reason(exc)}") from None
+    audio = np.frombuffer(out, dtype=np.float32)
+    if audio.size == 0:
+        raise AudioError("no audio samples decoded (zero-length audio)")
+    usable = audio.size - audio.size % channels
+    return np.ascontiguousarray(audio[:usable].reshape(-1, channels).T)
+
+
+def _duration(stream: dict, fmt: dict) -> float:
+    for value in (stream.get("duration"), fmt.get("duration")):
+        try:
+            if value is not None and float(value) >= 0:
+                return float(value)
+        except ValueError:
+            continue
+    return 0.0
+
+
+def _ffmpeg_reason(exc: ffmpeg.Error) -> str:
+    text = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+    return text[-1][:300] if text else "ffmpeg failed"

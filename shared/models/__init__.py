@@ -1,0 +1,1 @@
+"""Model directories in the released FunASR layout: registry, random weights, verification."""

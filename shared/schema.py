@@ -1,0 +1,232 @@
+"""Database rows: jobs, files (archive members), channels, segments, batches, results, models.
+
+The database is the source of truth (ARCHITECTURE.md, contract 1): every unit of work has an
+explicit state, and Redis only carries messages that point at rows.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import UniqueConstraint, Index
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobState(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class FileState(str, enum.Enum):
+    queued = "queued"
+    ingesting = "ingesting"
+    segmented = "segmented"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class SegmentState(str, enum.Enum):
+    pending = "pending"
+    batched = "batched"
+    done = "done"
+    failed = "failed"
+
+
+class BatchState(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    return Enum(cls, native_enum=False, length=16, validate_strings=True)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.queued, index=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    channel_labels: Mapped[str] = mapped_column(String(255), default="agent,customer")
+    language: Mapped[str] = mapped_column(String(16), default="auto")
+    use_itn: Mapped[bool] = mapped_column(Boolean, default=True)
+    files_total: Mapped[int] = mapped_column(Integer, default=0)
+    files_done: Mapped[int] = mapped_column(Integer, default=0)
+    files_failed: Mapped[int] = mapped_column(Integer, default=0)
+    audio_seconds_total: Mapped[float] = mapped_column(Float, default=0.0)
+    audio_seconds_done: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    files: Mapped[list[File]] = relationship(back_populates="job", order_by="File.name")
+
+
+class File(Base):
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_job_state", "job_id", "state"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(1024))
+    archive_id: Mapped[str | None] = mapped_column(ForeignKey("archives.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(2048), doc="Where the original bytes lie (spool or import root).")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[FileState] = mapped_column(_enum(FileState), default=FileState.queued)
+    error: Mapped[str | None] = mapped_column(Text)
+    format: Mapped[str | None] = mapped_column(String(64))
+    sample_rate: Mapped[int | None] = mapped_column(Integer)
+    num_channels: Mapped[int | None] = mapped_column(Integer)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="files")
+    channels: Mapped[list[Channel]] = relationship(back_populates="file", order_by="Channel.index")
+
+
+class ArchiveState(str, enum.Enum):
+    queued = "queued"
+    expanding = "expanding"
+    done = "done"
+    failed = "failed"
+
+
+class Archive(Base):
+    """An uploaded zip/tar: its members become files when an ingest worker expands it."""
+
+    __tablename__ = "archives"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(1024))
+    path: Mapped[str] = mapped_column(String(2048))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[ArchiveState] = mapped_column(_enum(ArchiveState), default=ArchiveState.queued)
+    members: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Channel(Base):
+    __tablename__ = "channels"
+    __table_args__ = (UniqueConstraint("file_id", "index"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(String(64))
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    speech_s: Mapped[float] = mapped_column(Float, default=0.0)
+    audio_path: Mapped[str | None] = mapped_column(String(2048))
+
+    file: Mapped[File] = relationship(back_populates="channels")
+    segments: Mapped[list[Segment]] = relationship(back_populates="channel", order_by="Segment.start_ms")
+
+
+class Segment(Base):
+    __tablename__ = "segments"
+    __table_args__ = (
+        Index("ix_segments_state_batch", "state", "batch_id"),
+        Index("ix_segments_file", "file_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), index=True)
+    start_ms: Mapped[int] = mapped_column(Integer)
+    end_ms: Mapped[int] = mapped_column(Integer)
+    state: Mapped[SegmentState] = mapped_column(_enum(SegmentState), default=SegmentState.pending)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    channel: Mapped[Channel] = relationship(back_populates="segments")
+    result: Mapped[Result | None] = relationship(back_populates="segment", uselist=False)
+
+    @property
+    def seconds(self) -> float:
+        return (self.end_ms - self.start_ms) / 1000.0
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    state: Mapped[BatchState] = mapped_column(_enum(BatchState), default=BatchState.queued, index=True)
+    path: Mapped[str] = mapped_column(String(2048))
+    num_segments: Mapped[int] = mapped_column(Integer)
+    audio_seconds: Mapped[float] = mapped_column(Float)
+    padded_seconds: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ModelVersion(Base):
+    """Provenance: which weights produced a result (ARCHITECTURE.md, contract 9)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    revision: Mapped[str | None] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))
+    random_weights: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Result(Base):
+    """One row per segment: SenseVoice (text, language, emotion, event) and emotion2vec (label, scores).
+
+    Keyed by segment so that a redelivered batch overwrites rather than duplicates.
+    """
+
+    __tablename__ = "results"
+
+    segment_id: Mapped[str] = mapped_column(ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    text: Mapped[str] = mapped_column(Text, default="")
+    language: Mapped[str | None] = mapped_column(String(16))
+    emotion: Mapped[str | None] = mapped_column(String(32))
+    event: Mapped[str | None] = mapped_column(String(32))
+    itn: Mapped[bool | None] = mapped_column(Boolean)
+    emotion2vec_label: Mapped[str | None] = mapped_column(String(32))
+    emotion2vec_scores: Mapped[dict | None] = mapped_column(JSON)
+    asr_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    emotion_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    segment: Mapped[Segment] = relationship(back_populates="result")
+    asr_model: Mapped[ModelVersion | None] = relationship(foreign_keys=[asr_model_id])
+    emotion_model: Mapped[ModelVersion | None] = relationship(foreign_keys=[emotion_model_id])

@@ -1,0 +1,64 @@
+"""The spool: shared storage that every worker can read (claim-check, contract 2).
+
+Layout under the spool root:
+  uploads/<job>/...        original bytes of uploaded files and archive members
+  audio/<job>/<channel>.npy  decoded 16 kHz float32 audio of one channel
+  batches/<batch>.npz      a packed GPU batch (segment audio, offsets, ids)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+
+class Spool:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def uploads(self, job_id: str) -> Path:
+        return self._dir("uploads", job_id)
+
+    def channel_audio(self, job_id: str, channel_id: str) -> Path:
+        return self._dir("audio", job_id) / f"{channel_id}.npy"
+
+    def batch(self, batch_id: str) -> Path:
+        return self._dir("batches") / f"{batch_id}.npz"
+
+    def _dir(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_array(self, path: Path, array: np.ndarray) -> None:
+        _atomic(path, lambda f: np.save(f, array, allow_pickle=False))
+
+    def write_batch(self, path: Path, **arrays: np.ndarray) -> None:
+        _atomic(path, lambda f: np.savez(f, **arrays))
+
+    def clean_job(self, job_id: str) -> None:
+        for kind in ("uploads", "audio"):
+            shutil.rmtree(self.root / kind / job_id, ignore_errors=True)
+
+
+def _atomic(path: Path, write) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_batch(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

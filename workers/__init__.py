@@ -1,0 +1,1 @@
+"""Celery workers: CPU ingest (decode, VAD, packing) and GPU inference."""

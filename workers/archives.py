@@ -1,0 +1,167 @@
+"""Expand an uploaded zip or tar into files, member by member, with limits against hostile input.
+
+Each member is streamed to the spool under a generated name (so member paths never touch the
+file system); the member's path is kept as the file's name. File ids derive from the archive and
+the member's position, so a redelivered expansion adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from sqlalchemy import update
+
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.schema import Archive, ArchiveState, File, FileState, Job, JobState, utcnow
+from shared.storage import Spool
+from workers import progress
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+class MemberRejected(Exception):
+    pass
+
+
+class ArchiveRejected(Exception):
+    pass
+
+
+def is_archive(name: str, head: bytes) -> bool:
+    lower = name.lower()
+    if lower.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
+        return True
+    return head.startswith(b"PK\x03\x04") or head[257:262] == b"ustar"
+
+
+def file_id(archive_id: str, index: int) -> str:
+    return hashlib.sha1(f"{archive_id}:{index}".encode()).hexdigest()[:32]
+
+
+def safe_name(name: str) -> str:
+    try:
+        text = name if isinstance(name, str) else name.decode("utf-8")
+    except UnicodeDecodeError:
+        text = name.decode("utf-8", "replace")
+    path = PurePosixPath(text.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts:
+        raise MemberRejected(f"unsafe member path {text!r} (absolute or '..')")
+    return str(path)
+
+
+def _copy(src, dst: Path, limit: int) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(dst, "wb") as out:
+        while chunk := src.read(CHUNK):
+            n += len(chunk)
+            if n > limit:
+                raise MemberRejected(f"member larger than the limit of {limit} bytes")
+            h.update(chunk)
+            out.write(chunk)
+    return n, h.hexdigest()
+
+
+def members(path: Path):
+    """Yield (name, opener or rejection) for each regular entry of a zip or tar."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                if info.flag_bits & 0x1:
+                    yield info.filename, MemberRejected("encrypted zip member")
+                elif info.compress_size and info.file_size / info.compress_size > get_settings().max_archive_ratio:
+                    yield info.filename, MemberRejected(
+                        f"compression ratio {info.file_size / info.compress_size:.0f}:1 exceeds the limit")
+                else:
+                    yield info.filename, (lambda i=info: zf.open(i))
+        return
+    try:
+        tf = tarfile.open(path, mode="r|*")
+    except tarfile.TarError as exc:
+        raise ArchiveRejected(f"not a readable zip or tar archive: {exc}") from None
+    with tf:
+        try:
+            for info in tf:
+                if info.isdir():
+                    continue
+                if not info.isfile():
+                    yield info.name, MemberRejected("not a regular file (link or device) in tar")
+                else:
+                    yield info.name, (lambda i=info: tf.extractfile(i))
+        except tarfile.TarError as exc:
+            raise ArchiveRejected(f"archive is corrupt: {exc}") from None
+
+
+@app.task(name="workers.archives.expand_archive")
+def expand_archive(archive_id: str) -> None:
+    from workers.ingest import ingest_file
+
+    settings = get_settings()
+    with session_scope() as db:
+        claimed = db.execute(
+            update(Archive).where(Archive.id == archive_id,
+                                  Archive.state.in_((ArchiveState.queued, ArchiveState.expanding)))
+            .values(state=ArchiveState.expanding, attempts=Archive.attempts + 1, updated_at=utcnow())
+            .execution_options(synchronize_session=False)).rowcount
+        if not claimed:
+            return
+        archive = db.get(Archive, archive_id)
+        job = db.get(Job, archive.job_id)
+        if job.state == JobState.cancelled:
+            return
+        if job.state == JobState.queued:
+            job.state, job.started_at = JobState.running, utcnow()
+        db.expunge(archive)
+    spool = Spool(settings.spool)
+    total, count, error, new = 0, 0, None, []
+    try:
+        for index, (name, opener) in enumerate(members(Path(archive.path))):
+            count += 1
+            if count > settings.max_archive_members:
+                raise ArchiveRejected(f"more than {settings.max_archive_members} members")
+            fid = file_id(archive_id, index)
+            row = {"id": fid, "job_id": archive.job_id, "archive_id": archive_id,
+                   "name": f"{archive.name}/{name}", "path": ""}
+            try:
+                if isinstance(opener, Exception):
+                    raise opener
+                row["name"] = f"{archive.name}/{safe_name(name)}"
+                dst = spool.uploads(archive.job_id) / fid
+                with opener() as src:
+                    size, digest = _copy(src, dst, settings.max_archive_bytes - total)
+                total += size
+                row.update(path=str(dst), size_bytes=size, sha256=digest, state=FileState.queued)
+            except MemberRejected as exc:
+                row.update(state=FileState.failed, error=str(exc))
+            except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
+                row.update(state=FileState.failed, error=f"member unreadable: {exc}")
+            new.append(row)
+    except ArchiveRejected as exc:
+        error = str(exc)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        error = f"archive unreadable: {exc}"
+    with session_scope() as db:
+        progress.lock_jobs(db, [archive.job_id])
+        existing = {f.id for f in db.query(File.id).filter(File.archive_id == archive_id)}
+        fresh = [r for r in new if r["id"] not in existing]
+        db.add_all(File(**r) for r in fresh)
+        a = db.get(Archive, archive_id)
+        a.members, a.state, a.error = len(new), ArchiveState.failed if error else ArchiveState.done, error
+        progress.settle(db, [archive.job_id])
+    Path(archive.path).unlink(missing_ok=True)
+    if error:
+        log.warning("archive %s: %s", archive.name, error)
+    for r in fresh:
+        if r.get("state") == FileState.queued:
+            ingest_file.apply_async((r["id"],), queue="ingest")
+    log.info("expanded %s: %d members, %d queued", archive.name, len(new),
+             sum(1 for r in fresh if r.get("state") == FileState.queued))

@@ -1,0 +1,135 @@
+"""GPU stage, queue "gpu": one worker process per device runs a packed batch and writes results.
+
+The parent Celery process never touches CUDA: models load in the pool child on its first task
+(or at start, through worker_process_init), once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from celery.signals import worker_process_init
+from sqlalchemy import delete, insert, or_, select, update
+
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.schema import (Batch, BatchState, Job, JobState, ModelVersion, Result, Segment, SegmentState,
+                           utcnow)
+from shared.storage import Spool, read_batch
+from workers import progress
+from workers.celery_app import app
+from workers.engine import get_engine
+
+log = logging.getLogger(__name__)
+
+
+@worker_process_init.connect
+def _load_models(**_kwargs):
+    if os.environ.get("SPEECHQ_WORKER_ROLE") == "gpu":
+        get_engine(get_settings())
+
+
+def model_version_id(db, prov) -> int:
+    row = db.scalar(select(ModelVersion).where(ModelVersion.name == prov.name, ModelVersion.sha256 == prov.sha256))
+    if row is None:
+        row = ModelVersion(name=prov.name, revision=prov.revision, sha256=prov.sha256,
+                           random_weights=prov.random_weights)
+        db.add(row)
+        db.flush()
+    return row.id
+
+
+def claim_batch(batch_id: str, worker: str):
+    s = get_settings()
+    stale = utcnow() - timedelta(seconds=s.task_deadline_seconds)
+    with session_scope() as db:
+        ok = db.execute(
+            update(Batch).where(Batch.id == batch_id, or_(
+                Batch.state == BatchState.queued,
+                (Batch.state == BatchState.running) & (Batch.updated_at < stale)))
+            .values(state=BatchState.running, attempts=Batch.attempts + 1, worker=worker, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not ok:
+            return None
+        batch = db.get(Batch, batch_id)
+        if batch.attempts > s.max_attempts:
+            fail_batch(db, batch, f"gave up after {s.max_attempts} attempts")
+            return None
+        db.expunge(batch)
+        return batch
+
+
+def fail_batch(db, batch: Batch, message: str) -> None:
+    log.error("batch %s failed: %s", batch.id, message)
+    batch.state, batch.error = BatchState.failed, message
+    job_ids = set(db.scalars(select(Segment.job_id).where(Segment.batch_id == batch.id)))
+    progress.lock_jobs(db, job_ids)
+    db.execute(update(Segment).where(Segment.batch_id == batch.id).values(state=SegmentState.failed)
+               .execution_options(synchronize_session=False))
+    progress.settle(db, job_ids)
+
+
+@app.task(bind=True, name="workers.gpu.run_batch")
+def run_batch(self, batch_id: str) -> None:
+    settings = get_settings()
+    batch = claim_batch(batch_id, self.request.hostname or "?")
+    if batch is None:
+        return
+    started = time.perf_counter()
+    try:
+        data = read_batch(Path(batch.path))
+    except (OSError, ValueError) as exc:
+        with session_scope() as db:
+            fail_batch(db, db.get(Batch, batch_id), f"batch audio unreadable: {exc}")
+        return
+    offsets = data["offsets"]
+    wavs = [data["audio"][offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+    ids = [str(x) for x in data["segment_ids"]]
+    engine = get_engine(settings)
+    try:
+        results = engine.run(wavs, [str(x) for x in data["languages"]], [bool(x) for x in data["itn"]])
+    except RuntimeError as exc:
+        if "CUDA" in str(exc) or "cuda" in str(exc):
+            log.critical("CUDA error, exiting so that the supervisor restarts this worker: %s", exc)
+            os._exit(70)  # the message is not acked: it is redelivered to a healthy worker
+        raise
+    gpu_seconds = time.perf_counter() - started
+    ended = write_results(batch_id, ids, results, engine)
+    Path(batch.path).unlink(missing_ok=True)
+    spool = Spool(settings.spool)
+    for job_id in ended:
+        spool.clean_job(job_id)
+    self.send_event("task-progress", batch=batch_id, segments=len(ids), audio_seconds=batch.audio_seconds,
+                    seconds=round(time.perf_counter() - started, 3))
+    log.info("batch %s: %d segments, %.1f s audio, model %.2f s, total %.2f s", batch_id, len(ids),
+             batch.audio_seconds, gpu_seconds, time.perf_counter() - started)
+
+
+def write_results(batch_id: str, ids: list[str], results, engine) -> list[str]:
+    """One transaction: results replace any earlier ones for these segments (idempotent)."""
+    with session_scope() as db:
+        jobs = dict(db.execute(select(Segment.id, Segment.job_id).where(Segment.id.in_(ids))).all())
+        progress.lock_jobs(db, jobs.values())
+        cancelled = set(db.scalars(select(Job.id).where(Job.id.in_(set(jobs.values())),
+                                                        Job.state == JobState.cancelled)))
+        asr_id = model_version_id(db, engine.provenance["asr"])
+        emo_id = model_version_id(db, engine.provenance["emotion"])
+        rows = [
+            {"segment_id": sid, "job_id": jobs[sid], "text": r.transcript.text, "language": r.transcript.language,
+             "emotion": r.transcript.emotion, "event": r.transcript.event, "itn": r.transcript.itn,
+             "emotion2vec_label": r.emotion.label, "emotion2vec_scores": r.emotion.scores,
+             "asr_model_id": asr_id, "emotion_model_id": emo_id}
+            for sid, r in zip(ids, results) if sid in jobs and jobs[sid] not in cancelled
+        ]
+        db.execute(delete(Result).where(Result.segment_id.in_(ids)))
+        if rows:
+            db.execute(insert(Result), rows)
+        db.execute(update(Segment).where(Segment.id.in_(ids)).values(state=SegmentState.done)
+                   .execution_options(synchronize_session=False))
+        db.execute(update(Batch).where(Batch.id == batch_id).values(state=BatchState.done, updated_at=utcnow()))
+        return progress.settle(db, jobs.values())

@@ -1,0 +1,122 @@
+"""CPU stage, queue "ingest": probe, decode each channel, segment with FSMN-VAD, then pack."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import or_, update
+
+from shared import audio, vad
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.schema import Channel, File, FileState, Job, JobState, Segment, utcnow
+from shared.storage import SAMPLE_RATE, Spool
+from workers import packing, progress
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+
+
+def claim_file(file_id: str) -> File | None:
+    """Move a file to 'ingesting' if it is queued, or stuck past the deadline. None if not ours."""
+    s = get_settings()
+    stale = utcnow() - timedelta(seconds=s.task_deadline_seconds)
+    with session_scope() as db:
+        claimed = db.execute(
+            update(File)
+            .where(File.id == file_id,
+                   or_(File.state == FileState.queued,
+                       (File.state == FileState.ingesting) & (File.updated_at < stale)))
+            .values(state=FileState.ingesting, attempts=File.attempts + 1, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not claimed:
+            return None
+        f = db.get(File, file_id)
+        job = db.get(Job, f.job_id)
+        if job.state == JobState.cancelled:
+            f.state = FileState.cancelled
+            return None
+        if f.attempts > s.max_attempts:
+            _fail(db, f, f"gave up after {s.max_attempts} attempts (the worker died on this file)")
+            return None
+        if job.state == JobState.queued:
+            job.state, job.started_at = JobState.running, utcnow()
+        db.expunge(f)
+        return f
+
+
+def _fail(db, f: File, message: str) -> None:
+    log.warning("file %s (%s) failed: %s", f.id, f.name, message)
+    f.state, f.error = FileState.failed, message
+    progress.lock_jobs(db, [f.job_id])
+    progress.settle(db, [f.job_id])
+
+
+def read_channels(f: File, settings) -> tuple[audio.AudioInfo, list]:
+    info = audio.probe(Path(f.path))
+    if info.duration_s > settings.max_file_seconds:
+        raise audio.AudioError(
+            f"recording too long: {info.duration_s:.0f} s (limit SPEECHQ_MAX_FILE_SECONDS={settings.max_file_seconds:.0f})")
+    if info.channels < 1:
+        raise audio.AudioError("audio stream has no channels")
+    return info, audio.decode(Path(f.path), info.channels)
+
+
+@app.task(bind=True, name="workers.ingest.ingest_file")
+def ingest_file(self, file_id: str) -> None:
+    settings = get_settings()
+    f = claim_file(file_id)
+    if f is None:
+        return
+    spool = Spool(settings.spool)
+    try:
+        info, channels = read_channels(f, settings)
+    except audio.AudioError as exc:
+        with session_scope() as db:
+            _fail(db, db.get(File, file_id), str(exc))
+        return
+    with session_scope() as db:
+        job = db.get(Job, f.job_id)
+        labels = settings.labels(job.channel_labels)
+    rows = []
+    total_segments = 0
+    for index, samples in enumerate(channels):
+        label = labels[index] if index < len(labels) else f"ch{index}"
+        spans = vad.segments(samples, settings.vad_model_dir, int(settings.max_segment_seconds * 1000))
+        channel = Channel(file_id=f.id, index=index, label=label,
+                          duration_s=samples.size / SAMPLE_RATE,
+                          speech_s=sum(e - s for s, e in spans) / 1000.0)
+        if spans:
+            path = spool.channel_audio(f.job_id, f"{f.id}-{index}")
+            spool.write_array(path, samples)
+            channel.audio_path = str(path)
+        rows.append((channel, spans))
+        total_segments += len(spans)
+        self.send_event("task-progress", file=f.name, channel=index, channels=len(channels),
+                        segments=len(spans))
+    with session_scope() as db:
+        db.query(Channel).filter(Channel.file_id == f.id).delete()  # a retried ingest starts clean
+        fr = db.get(File, f.id)
+        fr.format, fr.sample_rate, fr.num_channels = f"{info.format}/{info.codec}", info.sample_rate, info.channels
+        fr.duration_s = channels.shape[1] / SAMPLE_RATE
+        for channel, spans in rows:
+            db.add(channel)
+            db.flush()
+            db.add_all(Segment(job_id=f.job_id, file_id=f.id, channel_id=channel.id, start_ms=s, end_ms=e)
+                       for s, e in spans)
+        fr.state = FileState.segmented
+        if not total_segments:
+            fr.state, fr.error = FileState.done, "no speech detected in any channel"
+        progress.lock_jobs(db, [f.job_id])
+        progress.settle(db, [f.job_id])
+    log.info("ingested %s: %d channel(s), %.1f s, %d segments", f.name, len(rows), channels.shape[1] / SAMPLE_RATE,
+             total_segments)
+    packing.pack_pending()
+
+
+@app.task(name="workers.ingest.pack")
+def pack(flush: bool = False) -> None:
+    packing.pack_pending(force_flush=flush)

@@ -1,0 +1,65 @@
+"""Worker command lines; one GPU worker per device, pinned with CUDA_VISIBLE_DEVICES.
+
+Devices are counted in a child process so that the launcher itself never initialises CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def count_devices() -> int:
+    code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "CUDA_MODULE_LOADING": "LAZY"})
+        return int(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError):
+        return 0
+
+
+def device_ids(spec: str | None) -> list[str]:
+    if spec:
+        return [d.strip() for d in spec.split(",") if d.strip()]
+    return [str(i) for i in range(count_devices())]
+
+
+def celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+
+
+def gpu_workers(spec: str | None, loglevel: str = "INFO") -> list[Proc]:
+    devices = device_ids(spec)
+    if not devices:  # no CUDA: one gpu-queue worker on the CPU keeps the pipeline whole
+        return [Proc("gpu-cpu", celery("worker", "-Q", "gpu", "-c", "1", "-n", "gpu-cpu@%h", "-E",
+                                       "--loglevel", loglevel),
+                     {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "gpu"})]
+    return [Proc(f"gpu{d}", celery("worker", "-Q", "gpu", "-c", "1", "-n", f"gpu{d}@%h", "-E",
+                                   "--loglevel", loglevel),
+                 {"CUDA_VISIBLE_DEVICES": d, "SPEECHQ_WORKER_ROLE": "gpu"}) for d in devices]
+
+
+def ingest_worker(concurrency: int, beat: bool = True, loglevel: str = "INFO") -> Proc:
+    args = ["worker", "-Q", "ingest", "-c", str(concurrency), "-n", "ingest@%h", "-E", "--loglevel", loglevel]
+    if beat:
+        args.append("-B")  # the reconciler's schedule; run exactly one beat per deployment
+    return Proc("ingest", celery(*args), {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "ingest"})
+
+
+def flower(port: int) -> Proc:
+    return Proc("flower", celery("flower", f"--port={port}", "--address=127.0.0.1"), {})
+
+
+def api(host: str, port: int) -> Proc:
+    return Proc("api", [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
+                        "--log-level", "warning"], {})

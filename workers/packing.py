@@ -1,0 +1,113 @@
+"""Turn pending segments of all running jobs into GPU batches (claim-check: audio to the spool).
+
+Segments from many files and jobs share a batch (length bucketing). A partial batch waits for
+more segments until its jobs have nothing left to ingest, or it has waited batch_flush_seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import timedelta
+
+import numpy as np
+import redis
+from sqlalchemy import select, update
+
+from shared.batching import Item, pack
+from shared.config import get_settings
+from shared.db import session_scope
+from shared.schema import Batch, Channel, File, FileState, Job, JobState, Segment, SegmentState, utcnow
+from shared.storage import SAMPLE_RATE, Spool
+
+log = logging.getLogger(__name__)
+LOCK = "speechq:pack-lock"
+
+
+def _lock():
+    client = redis.Redis.from_url(get_settings().broker)
+    return client.lock(LOCK, timeout=300, blocking_timeout=120)
+
+
+def pack_pending(force_flush: bool = False) -> list[str]:
+    with _lock():
+        return _pack(force_flush)
+
+
+def _pack(force_flush: bool) -> list[str]:
+    settings = get_settings()
+    with session_scope() as db:
+        rows = db.execute(
+            select(Segment.id, Segment.job_id, Segment.start_ms, Segment.end_ms, Segment.created_at)
+            .join(Job, Job.id == Segment.job_id)
+            .where(Segment.state == SegmentState.pending, Job.state == JobState.running)
+        ).all()
+        if not rows:
+            return []
+        busy_jobs = set(db.scalars(
+            select(File.job_id).where(File.state.in_((FileState.queued, FileState.ingesting))).distinct()))
+    items = [Item(r.id, (r.end_ms - r.start_ms) / 1000.0) for r in rows]
+    batches, leftover = pack(items, settings.batch_seconds)
+    if leftover:
+        by_id = {r.id: r for r in rows}
+        oldest = min(by_id[i.id].created_at for i in leftover)
+        if oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=utcnow().tzinfo)
+        waited = utcnow() - oldest > timedelta(seconds=settings.batch_flush_seconds)
+        if force_flush or waited or not any(by_id[i.id].job_id in busy_jobs for i in leftover):
+            more, _ = pack(leftover, settings.batch_seconds, flush=True)
+            batches += more
+    created = [_make_batch([i.id for i in b]) for b in batches]
+    created = [b for b in created if b]
+    from workers.gpu import run_batch
+
+    for batch_id in created:
+        run_batch.apply_async((batch_id,), queue="gpu")
+    if created:
+        log.info("packed %d segments into %d batch(es)", sum(len(b) for b in batches), len(created))
+    return created
+
+
+def _make_batch(segment_ids: list[str]) -> str | None:
+    settings = get_settings()
+    spool = Spool(settings.spool)
+    with session_scope() as db:
+        segs = db.execute(
+            select(Segment.id, Segment.start_ms, Segment.end_ms, Channel.audio_path, Job.language, Job.use_itn)
+            .join(Channel, Channel.id == Segment.channel_id).join(Job, Job.id == Segment.job_id)
+            .where(Segment.id.in_(segment_ids), Segment.state == SegmentState.pending)
+        ).all()
+        if not segs:
+            return None
+        pieces, by_path = [], defaultdict(list)
+        for s in segs:
+            by_path[s.audio_path].append(s)
+        ordered = []
+        for path, group in by_path.items():
+            samples = np.load(path, mmap_mode="r")
+            for s in group:
+                a, b = s.start_ms * SAMPLE_RATE // 1000, s.end_ms * SAMPLE_RATE // 1000
+                pieces.append(np.asarray(samples[a:b], dtype=np.float32))
+                ordered.append(s)
+        lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+        batch = Batch(path="", num_segments=len(ordered), audio_seconds=float(lengths.sum()) / SAMPLE_RATE,
+                      padded_seconds=float(lengths.max()) * len(lengths) / SAMPLE_RATE)
+        db.add(batch)
+        db.flush()
+        path = spool.batch(batch.id)
+        spool.write_batch(
+            path,
+            audio=np.concatenate(pieces),
+            offsets=np.concatenate(([0], np.cumsum(lengths))),
+            segment_ids=np.array([s.id for s in ordered]),
+            languages=np.array([s.language for s in ordered]),
+            itn=np.array([bool(s.use_itn) for s in ordered]),
+        )
+        batch.path = str(path)
+        claimed = db.execute(
+            update(Segment).where(Segment.id.in_([s.id for s in ordered]), Segment.state == SegmentState.pending)
+            .values(state=SegmentState.batched, batch_id=batch.id).execution_options(synchronize_session=False)
+        ).rowcount
+        if claimed != len(ordered):
+            raise RuntimeError("segments were batched twice; rolling back")
+        return batch.id

@@ -1,0 +1,71 @@
+"""Job state from database counters: files and channels finish when their rows say so.
+
+Every function here runs inside the caller's transaction, after `lock_jobs`, so that two workers
+finishing the last batches of one job cannot both miss the other's writes.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from shared.schema import Archive, ArchiveState, File, FileState, Job, JobState, Segment, SegmentState, utcnow
+
+ACTIVE_FILE = (FileState.queued, FileState.ingesting, FileState.segmented)
+
+
+def lock_jobs(db: Session, job_ids) -> None:
+    """Take the job rows' write locks in a fixed order (a no-op UPDATE locks on PostgreSQL)."""
+    for job_id in sorted(set(job_ids)):
+        db.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
+
+
+def settle(db: Session, job_ids) -> list[str]:
+    """Finish files whose segments are all done, then recount jobs. Returns jobs that ended now."""
+    job_ids = sorted(set(job_ids))
+    if not job_ids:
+        return []
+    open_segments = (
+        select(Segment.id)
+        .where(Segment.file_id == File.id, Segment.state.in_((SegmentState.pending, SegmentState.batched)))
+        .exists()
+    )
+    db.execute(
+        update(File)
+        .where(File.job_id.in_(job_ids), File.state == FileState.segmented, ~open_segments)
+        .values(state=FileState.done, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    ended = []
+    for job in db.scalars(select(Job).where(Job.id.in_(job_ids))):
+        if recount(db, job):
+            ended.append(job.id)
+    return ended
+
+
+def recount(db: Session, job: Job) -> bool:
+    row = db.execute(
+        select(
+            func.count(),
+            func.sum(case((File.state == FileState.done, 1), else_=0)),
+            func.sum(case((File.state.in_((FileState.failed, FileState.cancelled)), 1), else_=0)),
+            func.coalesce(func.sum(File.duration_s), 0.0),
+            func.coalesce(func.sum(case((File.state == FileState.done, File.duration_s), else_=0.0)), 0.0),
+        ).where(File.job_id == job.id)
+    ).one()
+    total, done, failed, seconds, seconds_done = row
+    job.files_total, job.files_done, job.files_failed = total, done or 0, failed or 0
+    job.audio_seconds_total, job.audio_seconds_done = float(seconds), float(seconds_done)
+    expanding = db.scalar(select(func.count()).where(
+        Archive.job_id == job.id, Archive.state.in_((ArchiveState.queued, ArchiveState.expanding))))
+    if expanding:
+        return False
+    if job.state in (JobState.queued, JobState.running) and job.files_done + job.files_failed == total:
+        job.state = JobState.done if job.files_done or not total else JobState.failed
+        if job.state == JobState.failed:
+            job.error = job.error or "every file failed; see the files' errors"
+        elif not total:
+            job.error = job.error or "the job holds no audio files"
+        job.finished_at = utcnow()
+        return True
+    return False
