@@ -66,9 +66,9 @@ def claim_batch(batch_id: str, worker: str):
 
 def fail_batch(db, batch: Batch, message: str) -> None:
     log.error("batch %s failed: %s", batch.id, message)
-    batch.state, batch.error = BatchState.failed, message
     job_ids = set(db.scalars(select(Segment.job_id).where(Segment.batch_id == batch.id)))
     progress.lock_jobs(db, job_ids)
+    batch.state, batch.error = BatchState.failed, message
     db.execute(update(Segment).where(Segment.batch_id == batch.id).values(state=SegmentState.failed)
                .execution_options(synchronize_session=False))
     progress.settle(db, job_ids)

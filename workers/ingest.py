@@ -6,7 +6,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 
 from shared import audio, vad
 from shared.config import get_settings
@@ -24,6 +24,10 @@ def claim_file(file_id: str) -> File | None:
     s = get_settings()
     stale = utcnow() - timedelta(seconds=s.task_deadline_seconds)
     with session_scope() as db:
+        job_id = db.scalar(select(File.job_id).where(File.id == file_id))
+        if job_id is None:
+            return None
+        progress.lock_jobs(db, [job_id])  # job row first, then the file: one lock order everywhere
         claimed = db.execute(
             update(File)
             .where(File.id == file_id,
@@ -50,8 +54,8 @@ def claim_file(file_id: str) -> File | None:
 
 def _fail(db, f: File, message: str) -> None:
     log.warning("file %s (%s) failed: %s", f.id, f.name, message)
-    f.state, f.error = FileState.failed, message
     progress.lock_jobs(db, [f.job_id])
+    f.state, f.error = FileState.failed, message
     progress.settle(db, [f.job_id])
 
 
@@ -98,6 +102,7 @@ def ingest_file(self, file_id: str) -> None:
         self.send_event("task-progress", file=f.name, channel=index, channels=len(channels),
                         segments=len(spans))
     with session_scope() as db:
+        progress.lock_jobs(db, [f.job_id])
         db.query(Channel).filter(Channel.file_id == f.id).delete()  # a retried ingest starts clean
         fr = db.get(File, f.id)
         fr.format, fr.sample_rate, fr.num_channels = f"{info.format}/{info.codec}", info.sample_rate, info.channels
@@ -110,7 +115,6 @@ def ingest_file(self, file_id: str) -> None:
         fr.state = FileState.segmented
         if not total_segments:
             fr.state, fr.error = FileState.done, "no speech detected in any channel"
-        progress.lock_jobs(db, [f.job_id])
         progress.settle(db, [f.job_id])
     log.info("ingested %s: %d channel(s), %.1f s, %d segments", f.name, len(rows), channels.shape[1] / SAMPLE_RATE,
              total_segments)

@@ -80,7 +80,7 @@ async def create_from_upload(
                                                 language=language, use_itn=use_itn, job=job)
     except TooLarge:
         Spool(settings.spool).clean_job(job.id)
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             f"upload larger than the limit of {settings.max_upload_bytes} bytes")
     except SubmitError as exc:
         Spool(settings.spool).clean_job(job.id)

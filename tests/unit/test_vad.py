@@ -1,0 +1,26 @@
+import numpy as np
+import soundfile as sf
+
+from shared.config import Settings
+from shared.vad import segments, split_long
+from tests.conftest import shared_audio
+
+PUBLISHED = [(70, 2340), (2620, 6200), (6480, 23670), (23950, 26250), (26780, 28990), (29950, 31430),
+             (31750, 37600), (38210, 46900), (47310, 49630), (49910, 56460), (56740, 59540), (59820, 70450)]
+
+
+def test_vad_example_equals_published_segments():
+    audio, rate = sf.read(shared_audio("vad_example.wav"), dtype="float32")
+    assert rate == 16000
+    assert segments(audio, Settings().vad_model_dir, max_segment_ms=60000) == PUBLISHED
+
+
+def test_silence_has_no_segments():
+    assert segments(np.zeros(16000 * 2, dtype=np.float32), Settings().vad_model_dir, 30000) == []
+
+
+def test_split_long():
+    assert split_long([(0, 1000)], 400) == [(0, 333), (333, 667), (667, 1000)]
+    assert split_long([(5, 100)], 400) == [(5, 100)]
+    pieces = split_long([(6480, 23670)], 5000)
+    assert all(e - s <= 5000 for s, e in pieces) and pieces[0][0] == 6480 and pieces[-1][1] == 23670
