@@ -9,19 +9,12 @@ from fastapi import Depends
 from sqlalchemy.orm import Session
 
 from shared.config import Settings, get_settings
-from shared.db import session_factory
+from shared.db import session_scope
 
 
 def get_db() -> Iterator[Session]:
-    session = session_factory()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]

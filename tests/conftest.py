@@ -12,7 +12,8 @@ import pytest
 
 from shared import logs
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The team's material beside the checkout (../shared); SPEECHQ_TEAM_SHARED points elsewhere.
+SHARED = Path(os.environ.get("SPEECHQ_TEAM_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 AUDIO = SHARED / "audio"
 PG_ADMIN = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

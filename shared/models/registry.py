@@ -83,11 +83,15 @@ def load_automodel(directory: Path, device: str = "cpu", **kwargs):
     """Build a funasr AutoModel from a local folder, offline, and verify its weights."""
     from funasr import AutoModel
 
+    from shared.logs import quiet_third_parties
+
+    quiet_third_parties()
     directory = Path(directory).resolve()
     check_directory(directory)
     os.environ.setdefault("MODELSCOPE_OFFLINE", "1")
     model = AutoModel(model=str(directory), disable_update=True, device=device, disable_pbar=True,
                       disable_log=True, log_level="ERROR", **kwargs)
+    quiet_third_parties()
     verify_weights(model.model, directory / "model.pt", model.kwargs.get("scope_map") or [])
     model.model.eval()
     return model
