@@ -25,6 +25,22 @@ def _short(label: str) -> str:
     return label.split("/")[-1]
 
 
+def _attention(attn, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    b, n, c = x.shape
+    q, k, v = attn.qkv(x).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale)
+    return attn.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def _block(blk, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """AltBlock.forward (post-norm, as in emotion2vec) with fused attention."""
+    if blk.layer_norm_first:
+        x = x + _attention(blk.attn, blk.norm1(x), bias)
+        return x + blk.mlp(blk.norm2(x))
+    x = blk.norm1(x + _attention(blk.attn, x, bias))
+    return blk.norm2(x + blk.mlp(x))
+
+
 class Emotion2vec:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32):
         self.model = automodel.model.to(device).eval()
@@ -51,45 +67,60 @@ class Emotion2vec:
             h = block(h * mask)
         return (h * mask).transpose(1, 2)
 
+    def _alibi(self, frames: int, extra: int) -> tuple[torch.Tensor, list | None]:
+        """ALiBi bias (1, H, N, N) for N = extra + frames, and per-layer scales if the model has them."""
+        enc = self.encoder
+        alibi = enc.get_alibi_bias(batch_size=1, time_steps=frames, heads=enc.modality_cfg.num_alibi_heads,
+                                   dtype=torch.float32, device=self.device)
+        scale, scales = enc.alibi_scale, None
+        if scale is not None:
+            scale = scale.clamp_min(0)
+            if scale.size(0) == 1:
+                alibi = alibi * scale.squeeze(0).type_as(alibi)
+            else:
+                scales = [s.type_as(alibi) for s in scale]
+        return F.pad(alibi, (extra, 0, extra, 0)), scales
+
+    def _normalised(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each waveform layer-normalised over its own samples (as funasr does), then zero-padded."""
+        from workers.sensevoice import pad_batch
+
+        source, lengths = pad_batch(wavs, self.device)
+        if self.model.cfg.normalize:
+            valid = (torch.arange(source.shape[1], device=self.device)[None, :] < lengths[:, None]).float()
+            n = lengths[:, None].float()
+            mean = (source * valid).sum(1, keepdim=True) / n
+            var = (((source - mean) * valid) ** 2).sum(1, keepdim=True) / n
+            source = (source - mean) / torch.sqrt(var + 1e-5) * valid
+        return source, lengths
+
     @torch.inference_mode()
     def embeddings(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame features (B, T, C) without extra tokens, and the valid-frame mask (B, T)."""
-        cfg = self.model.cfg
-        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.int64)
-        source = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32, device=self.device)
-        for i, w in enumerate(wavs):
-            t = torch.from_numpy(np.asarray(w, dtype=np.float32)).to(self.device, non_blocking=True)
-            source[i, : len(w)] = F.layer_norm(t, t.shape) if cfg.normalize else t
+        source, lengths = self._normalised(wavs)
         enc = self.encoder
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             x = enc.local_features(source)
-            n_frames = self._frames(lengths.to(self.device))
+            n_frames = self._frames(lengths)
             valid = torch.arange(x.shape[1], device=self.device)[None, :] < n_frames[:, None]
             x = x + self._positions(x, valid)
             padding = ~valid
-            alibi = enc.get_alibi_bias(batch_size=x.shape[0], time_steps=x.shape[1],
-                                       heads=enc.modality_cfg.num_alibi_heads, dtype=torch.float32,
-                                       device=self.device)
-            scale = enc.alibi_scale
-            if scale is not None:
-                scale = scale.clamp_min(0)
-                if scale.size(0) == 1:
-                    alibi = alibi * scale.squeeze(0).type_as(alibi)
-                    scale = None
             num = enc.extra_tokens.size(1) if enc.extra_tokens is not None else 0
             if num:
                 x = torch.cat([enc.extra_tokens.expand(x.size(0), -1, -1), x], dim=1)
                 padding = F.pad(padding, (num, 0))
-                alibi = F.pad(alibi, (num, 0, num, 0))
-            prenet = enc.modality_cfg.prenet_depth
-            x = enc.context_encoder(x, padding, alibi, scale[:prenet] if scale is not None else None)
-            rest = scale[prenet:] if scale is not None and scale.size(0) > 1 else scale
-            for i, blk in enumerate(self.model.blocks):
-                ab = alibi
-                if rest is not None:
-                    s = rest[i] if rest.size(0) > 1 else rest.squeeze(0)
-                    ab = ab * s.type_as(ab)
-                x, _ = blk(x, padding_mask=padding, alibi_bias=ab)
+            alibi, scales = self._alibi(x.shape[1] - num, num)
+            keys = padding[:, None, None, :]
+            dtype = self.dtype
+            bias = alibi.masked_fill(keys, float("-inf")).to(dtype)
+            ctx = enc.context_encoder
+            if ctx.norm is not None and not ctx.layer_norm_first:
+                x = ctx.norm(x)
+            blocks = list(ctx.blocks) + list(self.model.blocks)
+            for i, blk in enumerate(blocks):
+                if scales is not None:
+                    bias = (alibi * scales[i]).masked_fill(keys, float("-inf")).to(dtype)
+                x = _block(blk, x, bias)
             if self.model.norm is not None:
                 x = self.model.norm(x)
         return x[:, num:].float(), valid

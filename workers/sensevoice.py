@@ -1,8 +1,8 @@
 """Batched SenseVoiceSmall forward: one padded batch of segments, language and ITN per segment.
 
-Computes the function of funasr's SenseVoiceSmall.inference (same frontend, same four query
-frames, same encoder and CTC head) for a whole batch at once, with one device-to-host copy for
-the greedy CTC decode instead of one per sample.
+Computes the function of funasr's SenseVoiceSmall.inference (its frontend, four query frames,
+encoder and CTC head) for a whole batch at once: fbank/LFR/CMVN batched on the device, fused
+attention, greedy CTC decode with one device-to-host copy per batch, tags parsed on the host.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from shared.models.tokens import parse_tags
+from workers import sanm
+from workers.features import BatchFrontend
 
 EVENT_EMO_QUERY = (1, 2)
 
@@ -26,55 +28,69 @@ class Transcript:
     itn: bool | None
 
 
+def pad_batch(wavs: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded (B, T) float32 on `device` through one pinned host buffer."""
+    lengths = torch.tensor([len(w) for w in wavs], dtype=torch.int64)
+    host = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32,
+                       pin_memory=device.type == "cuda")
+    for i, w in enumerate(wavs):
+        host[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+    return host.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+
+
 class SenseVoice:
-    def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32):
+    def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
+                 compile: bool = False):
         self.model = automodel.model.to(device).eval()
-        self.frontend = automodel.kwargs["frontend"]
-        self.frontend.dither = 0.0  # funasr defaults to 1.0 (random): results must be reproducible
         self.tokenizer = automodel.kwargs["tokenizer"]
         self.device = device
         self.dtype = dtype
-        if self.frontend.cmvn is not None:
-            self.frontend.cmvn = self.frontend.cmvn.to(device)
+        self.frontend = BatchFrontend(automodel.kwargs["frontend"], device)
+        self._forward = torch.compile(self._ids, dynamic=True) if compile else self._ids
 
-    def features(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = torch.tensor([len(w) for w in wavs], dtype=torch.int64)
-        padded = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32)
-        for i, w in enumerate(wavs):
-            padded[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        padded = padded.pin_memory() if self.device.type == "cuda" else padded
-        feats, feat_lens = self.frontend(padded.to(self.device, non_blocking=True), lengths)
-        return feats.to(self.device), feat_lens.to(self.device)
+    def _query(self, languages: list[str], itn: list[bool]) -> torch.Tensor:
+        lid = [self.model.lid_dict.get(lang, 0) for lang in languages]
+        norm = [self.model.textnorm_dict["withitn" if flag else "woitn"] for flag in itn]
+        ids = torch.tensor([[lang, *EVENT_EMO_QUERY, n] for lang, n in zip(lid, norm)])
+        return ids.to(self.device, non_blocking=True)
+
+    def _encode(self, wav, lengths, query):
+        feats, n = self.frontend(wav, lengths)
+        speech = torch.cat((self.model.embed(query), feats), dim=1)
+        lengths = n + query.shape[1]
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            out = sanm.encode(self.model.encoder, speech, lengths)
+            logits = self.model.ctc.ctc_lo(out)
+        return logits, lengths
+
+    def _ids(self, wav, lengths, query):
+        logits, lengths = self._encode(wav, lengths, query)
+        return logits.argmax(dim=-1), lengths
 
     @torch.inference_mode()
     def logits(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]):
-        """CTC log-probabilities (B, T, V) and valid lengths, as funasr's inference computes them."""
-        feats, feat_lens = self.features(wavs)
-        model = self.model
-        lid = [model.lid_dict.get(lang, 0) for lang in languages]
-        norm = [model.textnorm_dict["withitn" if flag else "woitn"] for flag in itn]
-        ids = torch.tensor([[l, *EVENT_EMO_QUERY, n] for l, n in zip(lid, norm)], device=self.device)
-        speech = torch.cat((model.embed(ids), feats), dim=1)
-        lengths = feat_lens + ids.shape[1]
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            encoder_out, encoder_lens = model.encoder(speech, lengths)
-            if isinstance(encoder_out, tuple):
-                encoder_out = encoder_out[0]
-            logp = model.ctc.log_softmax(encoder_out)
-        return logp.float(), encoder_lens
+        """CTC log-probabilities (B, T, V) in float32 and valid lengths."""
+        wav, lengths = pad_batch(wavs, self.device)
+        logits, lengths = self._encode(wav, lengths, self._query(languages, itn))
+        return torch.log_softmax(logits.float(), dim=-1), lengths
 
-    def __call__(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> list[Transcript]:
-        if not wavs:
-            return []
-        logp, lens = self.logits(wavs, languages, itn)
-        best = logp.argmax(dim=-1).cpu().numpy()  # one copy for the whole batch
-        lens = lens.cpu().numpy()
+    @torch.inference_mode()
+    def token_ids(self, wavs, languages, itn) -> tuple[np.ndarray, np.ndarray]:
+        wav, lengths = pad_batch(wavs, self.device)
+        best, lengths = self._forward(wav, lengths, self._query(languages, itn))
+        return best.cpu().numpy(), lengths.cpu().numpy()  # one copy for the whole batch
+
+    def decode(self, best: np.ndarray, lengths: np.ndarray) -> list[Transcript]:
         out = []
-        for row, n in zip(best, lens):
+        for row, n in zip(best, lengths):
             seq = row[:n]
             if seq.size:
                 seq = seq[np.concatenate(([True], seq[1:] != seq[:-1]))]
             tokens = seq[seq != self.model.blank_id].tolist()
-            fields = parse_tags(self.tokenizer.decode(tokens))
-            out.append(Transcript(**fields))
+            out.append(Transcript(**parse_tags(self.tokenizer.decode(tokens))))
         return out
+
+    def __call__(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> list[Transcript]:
+        if not wavs:
+            return []
+        return self.decode(*self.token_ids(wavs, languages, itn))

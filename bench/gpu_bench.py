@@ -1,0 +1,252 @@
+"""GPU benchmark: funasr AutoModel vs speechq's batched forwards, same audio, process and GPU.
+
+Prints a markdown table and writes one JSON object per measured system. Random weights at full
+size (written by speechq in the released layout); they say nothing of accuracy, everything of speed.
+
+    python -m bench.gpu_bench --out bench/results/gpu-$(date +%F).json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import Record, save, table, utterances
+from shared.batching import Item, pack
+from shared.models import random_init, registry
+from workers.emotion import Emotion2vec
+from workers.sensevoice import SenseVoice
+
+log = logging.getLogger("bench.gpu")
+
+
+def ensure_models(root: Path, size: str) -> dict[str, Path]:
+    dirs = {"sensevoice": root / "SenseVoiceSmall", "e2v-16+8": root / "emotion2vec_16_8",
+            "e2v-8+4": root / "emotion2vec_8_4"}
+    if not (dirs["sensevoice"] / "model.pt").exists():
+        random_init.write_sensevoice(dirs["sensevoice"], size)
+    if not (dirs["e2v-16+8"] / "model.pt").exists():
+        random_init.write_emotion2vec(dirs["e2v-16+8"], size)
+    if not (dirs["e2v-8+4"] / "model.pt").exists():
+        random_init.write_emotion2vec(dirs["e2v-8+4"], size, depth=8 if size == "full" else 1,
+                                      prenet_depth=4 if size == "full" else 1)
+    return dirs
+
+
+def batches(wavs: list[np.ndarray], budget_s: float) -> list[list[int]]:
+    items = [Item(str(i), len(w) / 16000) for i, w in enumerate(wavs)]
+    packed, _ = pack(items, budget_s, max_items=1024, flush=True)
+    return [[int(it.id) for it in b] for b in packed]
+
+
+def vad_cut(calls: Path | None, vad_dir: Path) -> list[np.ndarray]:
+    if calls is None:
+        return []
+    import soundfile as sf
+
+    from shared.vad import segments
+
+    out = []
+    for path in sorted(calls.glob("*.wav")):
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        assert rate == 16000, f"{path}: resample to 16 kHz first"
+        for ch in audio.T:
+            for s, e in segments(np.ascontiguousarray(ch), vad_dir, 30000):
+                out.append(ch[s * 16:e * 16].copy())
+    return out
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.device = torch.device("cuda")
+        self.gpu = torch.cuda.get_device_name(0)
+        self.records: list[Record] = []
+        self.sync = torch.cuda.synchronize
+
+    def measure(self, system: str, model: str, wavs, run, gflop_per_s: float | None = None,
+                baseline: float | None = None, notes: str = "", repeat: int = 1) -> Record:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        seconds = sum(len(w) for w in wavs) / 16000
+        walls = []
+        for _ in range(repeat):
+            self.sync()
+            start = time.perf_counter()
+            run()
+            self.sync()
+            walls.append(time.perf_counter() - start)
+        wall = min(walls)
+        xrt = seconds / wall
+        rec = Record(system=system, model=model, audio_seconds=seconds, wall_seconds=wall, x_realtime=xrt,
+                     peak_gpu_mem_gb=torch.cuda.max_memory_allocated() / 2**30, gpu=self.gpu, notes=notes,
+                     ratio_to_automodel=xrt / baseline if baseline else None,
+                     arithmetic_fraction=xrt * gflop_per_s / (self.args.peak_tflops * 1e3) if gflop_per_s else None)
+        log.info("%s %s: %.0f s audio in %.2f s = %.0f× real time, peak %.1f GiB", system, model, seconds, wall,
+                 xrt, rec.peak_gpu_mem_gb)
+        self.records.append(rec)
+        return rec
+
+
+def gflops_per_audio_second(fn, wavs) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn(wavs)
+    return counter.get_total_flops() / 1e9 / (sum(len(w) for w in wavs) / 16000)
+
+
+def fidelity(dirs, wavs, device) -> dict:
+    """Full-size check on the GPU: ours vs funasr's own inference, fp32 and bf16."""
+    out = {}
+    am = registry.load_automodel(dirs["sensevoice"], device=str(device))
+    fp32 = SenseVoice(am, device, torch.float32)
+    bf16 = SenseVoice(am, device, torch.bfloat16)
+    worst32 = worst16 = 0.0
+    same_tokens = True
+    lp32, lens = fp32.logits(wavs, ["auto"] * len(wavs), [True] * len(wavs))
+    lp16, _ = bf16.logits(wavs, ["auto"] * len(wavs), [True] * len(wavs))
+    for i, w in enumerate(wavs):
+        captured = {}
+        hook = am.model.ctc.ctc_lo.register_forward_hook(lambda m, a, o: captured.__setitem__("x", o))
+        am.model.inference([torch.from_numpy(w)], key=["k"], tokenizer=am.kwargs["tokenizer"],
+                           frontend=am.kwargs["frontend"], device=str(device), language="auto", use_itn=True)
+        hook.remove()
+        ref = torch.log_softmax(captured["x"][0].float(), dim=-1)
+        n = int(lens[i])
+        scale = ref.abs().max()
+        worst32 = max(worst32, float((lp32[i, :n] - ref).abs().max() / scale))
+        worst16 = max(worst16, float((lp16[i, :n] - ref).abs().max() / scale))
+        same_tokens &= bool(torch.equal(lp32[i, :n].argmax(-1), ref.argmax(-1)))
+    out["sensevoice"] = {"fp32_max_rel": worst32, "bf16_max_rel": worst16, "fp32_same_tokens": same_tokens}
+    del am, fp32, bf16
+    am = registry.load_automodel(dirs["e2v-16+8"], device=str(device))
+    ours32 = Emotion2vec(am, device, torch.float32).scores(wavs).cpu().numpy()
+    ours16 = Emotion2vec(am, device, torch.bfloat16).scores(wavs).cpu().numpy()
+    keep = Emotion2vec(am, device).keep
+    ref = np.array([np.asarray(am.generate(input=w, extract_embedding=False, disable_pbar=True)[0]["scores"])[keep]
+                    for w in wavs])
+    out["emotion2vec"] = {"fp32_max_abs": float(np.abs(ours32 - ref).max()),
+                          "bf16_max_abs": float(np.abs(ours16 - ref).max())}
+    torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models-dir", type=Path, default=Path("/tmp/speechq-bench-models"))
+    p.add_argument("--size", default="full", choices=["tiny", "full"])
+    p.add_argument("--utterances", type=int, default=256)
+    p.add_argument("--calls", type=Path, default=None, help="folder of 16 kHz WAV calls to cut with the VAD")
+    p.add_argument("--b1-subset", type=int, default=64, help="utterances for AutoModel at batch_size=1")
+    p.add_argument("--batch-seconds", type=float, default=800.0)
+    p.add_argument("--peak-tflops", type=float, default=790.0)
+    p.add_argument("--skip", default="", help="comma-separated system names to skip")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from shared.logs import quiet_third_parties
+
+    skip = set(filter(None, args.skip.split(",")))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dirs = ensure_models(args.models_dir, args.size)
+    wavs = utterances(args.utterances) + vad_cut(args.calls, registry_vad_dir())
+    quiet_third_parties()
+    bench = Bench(args)
+    dev = bench.device
+    log.info("%d segments, %.0f s of audio on %s", len(wavs), sum(map(len, wavs)) / 16000, bench.gpu)
+
+    fid = {} if "fidelity" in skip else fidelity(dirs, wavs[:8], dev)
+    log.info("fidelity: %s", fid)
+
+    # funasr AutoModel, as its README runs it (batch_size=1) and batched.
+    am = registry.load_automodel(dirs["sensevoice"], device="cuda")
+    am.generate(input=wavs[:2], batch_size=2, language="auto", use_itn=True, disable_pbar=True)
+    sub = wavs[:args.b1_subset]
+    b1 = bench.measure("funasr AutoModel batch_size=1", "SenseVoiceSmall", sub,
+                       lambda: am.generate(input=sub, batch_size=1, language="auto", use_itn=True, disable_pbar=True))
+    best_am = b1.x_realtime
+    for bs in (32, 64):
+        if f"automodel-b{bs}" in skip:
+            continue
+        r = bench.measure(f"funasr AutoModel batch_size={bs}", "SenseVoiceSmall", wavs,
+                          lambda bs=bs: am.generate(input=wavs, batch_size=bs, language="auto", use_itn=True,
+                                                    disable_pbar=True), baseline=b1.x_realtime)
+        best_am = max(best_am, r.x_realtime)
+    del am
+
+    groups = batches(wavs, args.batch_seconds)
+    langs = {i: "auto" for i in range(len(wavs))}
+    sv_am = registry.load_automodel(dirs["sensevoice"], device="cuda")
+
+    def run_sv(model):
+        for g in groups:
+            model([wavs[i] for i in g], [langs[i] for i in g], [True] * len(g))
+
+    eager = SenseVoice(sv_am, dev, torch.bfloat16)
+    sv_flops = gflops_per_audio_second(lambda ws: eager.token_ids(ws, ["auto"] * len(ws), [True] * len(ws)),
+                                       [wavs[i] for i in groups[0]])
+    log.info("SenseVoice: %.2f GFLOP per audio second", sv_flops)
+    run_sv(eager)
+    bench.measure("speechq batched bf16 (eager)", "SenseVoiceSmall", wavs, lambda: run_sv(eager), sv_flops,
+                  baseline=b1.x_realtime, notes=f"batches of ≤{args.batch_seconds:.0f} padded s", repeat=2)
+    if "compile" not in skip:
+        compiled = SenseVoice(sv_am, dev, torch.bfloat16, compile=True)
+        t0 = time.perf_counter()
+        run_sv(compiled)
+        log.info("SenseVoice compile + first pass: %.1f s", time.perf_counter() - t0)
+        bench.measure("speechq batched bf16 + torch.compile", "SenseVoiceSmall", wavs, lambda: run_sv(compiled),
+                      sv_flops, baseline=b1.x_realtime, notes="dynamic shapes, compile time excluded", repeat=2)
+    sv_best = compiled if "compile" not in skip else eager
+
+    e2v_results = {}
+    for key in ("e2v-16+8", "e2v-8+4"):
+        e_am = registry.load_automodel(dirs[key], device="cuda")
+        label = f"emotion2vec+ large ({key[4:]} blocks)"
+        base = None
+        if key == "e2v-16+8" and "automodel-e2v" not in skip:
+            e_am.generate(input=wavs[:2], extract_embedding=False, disable_pbar=True)
+            base = bench.measure("funasr AutoModel", label, wavs,
+                                 lambda: e_am.generate(input=wavs, batch_size=32, extract_embedding=False,
+                                                       disable_pbar=True)).x_realtime
+        ours = Emotion2vec(e_am, dev, torch.bfloat16)
+        flops = gflops_per_audio_second(ours.scores, [wavs[i] for i in groups[0]])
+        log.info("%s: %.2f GFLOP per audio second", label, flops)
+
+        def run_e(model=ours):
+            for g in groups:
+                model([wavs[i] for i in g])
+
+        run_e()
+        bench.measure("speechq batched bf16", label, wavs, run_e, flops, baseline=base, repeat=2)
+        e2v_results[key] = (ours, flops, base)
+
+    ours_e, e_flops, e_base = e2v_results["e2v-16+8"]
+
+    def run_both():
+        for g in groups:
+            ws = [wavs[i] for i in g]
+            sv_best(ws, ["auto"] * len(ws), [True] * len(ws))
+            ours_e(ws)
+
+    bench.measure("speechq both models on every segment", "SenseVoiceSmall + emotion2vec+ large (16+8)", wavs,
+                  run_both, sv_flops + e_flops, notes="what a GPU worker runs per batch", repeat=2)
+
+    print(table(bench.records))
+    print("\nfidelity at full size on this GPU:", json.dumps(fid))
+    if args.out:
+        save(bench.records, args.out)
+        args.out.with_suffix(".fidelity.json").write_text(json.dumps(fid, indent=2) + "\n")
+
+
+def registry_vad_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "shared" / "assets" / "fsmn-vad"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""SenseVoice's SAN-M encoder, run over funasr's own modules with fused attention.
+
+Same weights and the same function as funasr's SenseVoiceEncoderSmall.forward in eval mode, but
+attention goes through scaled_dot_product_attention with a key-padding mask (no (B, H, T, T)
+score tensor in memory), and the whole forward is free of Python-side shape logic, so that
+torch.compile can fuse it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _attention(attn, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    b, t, _ = x.shape
+    q, k, v = torch.split(attn.linear_q_k_v(x), attn.h * attn.d_k, dim=-1)
+    inputs = v * keep
+    memory = attn.fsmn_block(attn.pad_fn(inputs.transpose(1, 2))).transpose(1, 2)
+    memory = (memory + inputs) * keep
+    heads = lambda z: z.reshape(b, t, attn.h, attn.d_k).transpose(1, 2)  # noqa: E731
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=keys)
+    return attn.linear_out(out.transpose(1, 2).reshape(b, t, attn.h * attn.d_k)) + memory
+
+
+def _layer(layer, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    attended = _attention(layer.self_attn, layer.norm1(x), keep, keys)
+    x = x + attended if layer.in_size == layer.size else attended
+    return x + layer.feed_forward(layer.norm2(x))
+
+
+def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, 560) features with the 4 query frames, valid lengths -> (B, T, 512)."""
+    valid = torch.arange(xs.shape[1], device=xs.device)[None, :] < lengths[:, None]
+    keep = valid[..., None].to(xs.dtype)
+    keys = valid[:, None, None, :]
+    xs = encoder.embed(xs * encoder.output_size() ** 0.5)
+    for layer in encoder.encoders0:
+        xs = _layer(layer, xs, keep.to(xs.dtype), keys)
+    for layer in encoder.encoders:
+        xs = _layer(layer, xs, keep.to(xs.dtype), keys)
+    xs = encoder.after_norm(xs)
+    for layer in encoder.tp_encoders:
+        xs = _layer(layer, xs, keep.to(xs.dtype), keys)
+    return encoder.tp_norm(xs)
