@@ -42,7 +42,8 @@ def _block(blk, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 
 class Emotion2vec:
-    def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32):
+    def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
+                 compile: bool = False):
         self.model = automodel.model.to(device).eval()
         tokenizer = automodel.kwargs.get("tokenizer")
         self.labels = list(tokenizer.token_list) if tokenizer is not None else []
@@ -50,6 +51,10 @@ class Emotion2vec:
         self.device = device
         self.dtype = dtype
         self.encoder = self.model.modality_encoders["AUDIO"]
+        if compile:
+            from workers.sensevoice import compiled
+
+            self._encode = compiled(self._encode)
 
     def _frames(self, lengths: torch.Tensor) -> torch.Tensor:
         for _, kernel, stride in self.encoder.feature_enc_layers:
@@ -98,6 +103,9 @@ class Emotion2vec:
     def embeddings(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame features (B, T, C) without extra tokens, and the valid-frame mask (B, T)."""
         source, lengths = self._normalised(wavs)
+        return self._encode(source, lengths)
+
+    def _encode(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.encoder
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             x = enc.local_features(source)

@@ -19,6 +19,15 @@ from workers.features import BatchFrontend
 EVENT_EMO_QUERY = (1, 2)
 
 
+def compiled(fn):
+    """torch.compile with dynamic shapes (batch and length vary from batch to batch)."""
+    import torch._inductor.config as inductor
+
+    # torch 2.11's tiling analysis asserts on dynamic shapes in these graphs; it is an optimisation only.
+    inductor.triton.coalesce_tiling_analysis = False
+    return torch.compile(fn, dynamic=True)
+
+
 @dataclass
 class Transcript:
     text: str
@@ -46,7 +55,7 @@ class SenseVoice:
         self.device = device
         self.dtype = dtype
         self.frontend = BatchFrontend(automodel.kwargs["frontend"], device)
-        self._forward = torch.compile(self._ids, dynamic=True) if compile else self._ids
+        self._forward = compiled(self._ids) if compile else self._ids
 
     def _query(self, languages: list[str], itn: list[bool]) -> torch.Tensor:
         lid = [self.model.lid_dict.get(lang, 0) for lang in languages]
