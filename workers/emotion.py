@@ -120,14 +120,14 @@ class Emotion2vec:
             alibi, scales = self._alibi(x.shape[1] - num, num)
             keys = padding[:, None, None, :]
             dtype = self.dtype
-            bias = alibi.masked_fill(keys, float("-inf")).to(dtype)
+            bias = alibi.to(dtype).masked_fill(keys, float("-inf"))
             ctx = enc.context_encoder
             if ctx.norm is not None and not ctx.layer_norm_first:
                 x = ctx.norm(x)
             blocks = list(ctx.blocks) + list(self.model.blocks)
             for i, blk in enumerate(blocks):
                 if scales is not None:
-                    bias = (alibi * scales[i]).masked_fill(keys, float("-inf")).to(dtype)
+                    bias = (alibi * scales[i]).to(dtype).masked_fill(keys, float("-inf"))
                 x = _block(blk, x, bias)
             if self.model.norm is not None:
                 x = self.model.norm(x)

@@ -32,8 +32,9 @@ class Engine:
         started = time.perf_counter()
         sv = registry.load_automodel(settings.sensevoice_dir, device=str(self.device))
         e2v = registry.load_automodel(settings.emotion2vec_dir, device=str(self.device))
-        self.sensevoice = SenseVoice(sv, self.device, dtype)
-        self.emotion = Emotion2vec(e2v, self.device, dtype)
+        compile = settings.compile and self.device.type == "cuda"
+        self.sensevoice = SenseVoice(sv, self.device, dtype, compile=compile)
+        self.emotion = Emotion2vec(e2v, self.device, dtype, compile=compile)
         self.provenance = {
             "asr": registry.provenance(registry.SENSEVOICE, settings.sensevoice_dir),
             "emotion": registry.provenance(registry.EMOTION2VEC, settings.emotion2vec_dir),
@@ -46,8 +47,11 @@ class Engine:
                  os.environ.get("CUDA_VISIBLE_DEVICES", "-"), time.perf_counter() - started)
 
     def warm_up(self) -> None:
-        wavs = [np.zeros(16000, dtype=np.float32), np.full(8000, 0.01, dtype=np.float32)]
-        self.run(wavs, ["auto", "auto"], [True, True])
+        """Two batch shapes: compiled graphs become shape-generic on the second."""
+        rng = np.random.default_rng(0)
+        for n, seconds in ((2, 1.0), (3, 2.5)):
+            wavs = [(0.05 * rng.standard_normal(int(seconds * 16000))).astype(np.float32) for _ in range(n)]
+            self.run(wavs, ["auto"] * n, [True] * n)
 
     def run(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> list[SegmentResult]:
         transcripts = self.sensevoice(wavs, languages, itn)

@@ -77,10 +77,11 @@ def fail_batch(db, batch: Batch, message: str) -> None:
 @app.task(bind=True, name="workers.gpu.run_batch")
 def run_batch(self, batch_id: str) -> None:
     settings = get_settings()
+    t0 = time.perf_counter()
     batch = claim_batch(batch_id, self.request.hostname or "?")
     if batch is None:
         return
-    started = time.perf_counter()
+    t1 = time.perf_counter()
     try:
         data = read_batch(Path(batch.path))
     except (OSError, ValueError) as exc:
@@ -91,6 +92,7 @@ def run_batch(self, batch_id: str) -> None:
     wavs = [data["audio"][offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
     ids = [str(x) for x in data["segment_ids"]]
     engine = get_engine(settings)
+    t2 = time.perf_counter()
     try:
         results = engine.run(wavs, [str(x) for x in data["languages"]], [bool(x) for x in data["itn"]])
     except RuntimeError as exc:
@@ -98,16 +100,17 @@ def run_batch(self, batch_id: str) -> None:
             log.critical("CUDA error, exiting so that the supervisor restarts this worker: %s", exc)
             os._exit(70)  # the message is not acked: it is redelivered to a healthy worker
         raise
-    gpu_seconds = time.perf_counter() - started
+    t3 = time.perf_counter()
     ended = write_results(batch_id, ids, results, engine)
     Path(batch.path).unlink(missing_ok=True)
     spool = Spool(settings.spool)
     for job_id in ended:
         spool.clean_job(job_id)
+    t4 = time.perf_counter()
     self.send_event("task-progress", batch=batch_id, segments=len(ids), audio_seconds=batch.audio_seconds,
-                    seconds=round(time.perf_counter() - started, 3))
-    log.info("batch %s: %d segments, %.1f s audio, model %.2f s, total %.2f s", batch_id, len(ids),
-             batch.audio_seconds, gpu_seconds, time.perf_counter() - started)
+                    seconds=round(t4 - t0, 3))
+    log.info("batch %s: %d segments, %.1f s audio; claim %.3f s, read %.3f s, model %.3f s, write %.3f s",
+             batch_id, len(ids), batch.audio_seconds, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
 
 def write_results(batch_id: str, ids: list[str], results, engine) -> list[str]:
