@@ -37,14 +37,39 @@ class Transcript:
     itn: bool | None
 
 
+_pinned: dict[str, torch.Tensor] = {}
+
+
+def _staging(numel: int, pinned: bool) -> torch.Tensor:
+    """A host buffer reused from batch to batch (pinning memory costs more than copying it)."""
+    if not pinned:
+        return torch.empty(numel, dtype=torch.float32)
+    buf = _pinned.get("audio")
+    done = _pinned.get("copied")
+    if done is not None:
+        done.synchronize()  # the previous upload from this buffer has finished
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(max(numel, 1 << 20), dtype=torch.float32, pin_memory=True)
+        _pinned["audio"] = buf
+    return buf[:numel]
+
+
 def pad_batch(wavs: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padded (B, T) float32 on `device` through one pinned host buffer."""
+    """Zero-padded (B, T) float32 on `device`: segments go up packed end to end, padding happens there."""
     lengths = torch.tensor([len(w) for w in wavs], dtype=torch.int64)
-    host = torch.zeros(len(wavs), int(lengths.max()), dtype=torch.float32,
-                       pin_memory=device.type == "cuda")
-    for i, w in enumerate(wavs):
-        host[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-    return host.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+    flat = _staging(int(lengths.sum()), device.type == "cuda")
+    np.concatenate([np.asarray(w, dtype=np.float32) for w in wavs], out=flat.numpy())
+    flat = flat.to(device, non_blocking=True)
+    if device.type == "cuda":
+        _pinned["copied"] = torch.cuda.Event()
+        _pinned["copied"].record()
+    lengths = lengths.to(device, non_blocking=True)
+    width = int(max(len(w) for w in wavs))
+    starts = torch.cumsum(lengths, 0) - lengths
+    pos = torch.arange(width, device=device)[None, :]
+    valid = pos < lengths[:, None]
+    index = (starts[:, None] + pos).clamp_max(flat.numel() - 1)
+    return torch.where(valid, flat[index], 0.0), lengths
 
 
 class SenseVoice:
