@@ -8,6 +8,7 @@ utterance embedding averaged over valid frames only.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +45,10 @@ def _block(blk, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 class Emotion2vec:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
                  compile: bool = False):
-        self.model = automodel.model.to(device).eval()
+        model = automodel.model
+        if dtype != torch.float32:  # weights cast once, not on every call as autocast would
+            model = copy.deepcopy(model).to(dtype)
+        self.model = model.to(device).eval()
         tokenizer = automodel.kwargs.get("tokenizer")
         self.labels = list(tokenizer.token_list) if tokenizer is not None else []
         self.keep = [i for i, lab in enumerate(self.labels) if not lab.startswith("unuse")]
@@ -107,30 +111,29 @@ class Emotion2vec:
 
     def _encode(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.encoder
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            x = enc.local_features(source)
-            n_frames = self._frames(lengths)
-            valid = torch.arange(x.shape[1], device=self.device)[None, :] < n_frames[:, None]
-            x = x + self._positions(x, valid)
-            padding = ~valid
-            num = enc.extra_tokens.size(1) if enc.extra_tokens is not None else 0
-            if num:
-                x = torch.cat([enc.extra_tokens.expand(x.size(0), -1, -1), x], dim=1)
-                padding = F.pad(padding, (num, 0))
-            alibi, scales = self._alibi(x.shape[1] - num, num)
-            keys = padding[:, None, None, :]
-            dtype = self.dtype
-            bias = alibi.to(dtype).masked_fill(keys, float("-inf"))
-            ctx = enc.context_encoder
-            if ctx.norm is not None and not ctx.layer_norm_first:
-                x = ctx.norm(x)
-            blocks = list(ctx.blocks) + list(self.model.blocks)
-            for i, blk in enumerate(blocks):
-                if scales is not None:
-                    bias = (alibi * scales[i]).to(dtype).masked_fill(keys, float("-inf"))
-                x = _block(blk, x, bias)
-            if self.model.norm is not None:
-                x = self.model.norm(x)
+        x = enc.local_features(source.to(self.dtype))  # weights were cast once at load
+        n_frames = self._frames(lengths)
+        valid = torch.arange(x.shape[1], device=self.device)[None, :] < n_frames[:, None]
+        x = x + self._positions(x, valid)
+        padding = ~valid
+        num = enc.extra_tokens.size(1) if enc.extra_tokens is not None else 0
+        if num:
+            x = torch.cat([enc.extra_tokens.expand(x.size(0), -1, -1), x], dim=1)
+            padding = F.pad(padding, (num, 0))
+        alibi, scales = self._alibi(x.shape[1] - num, num)
+        keys = padding[:, None, None, :]
+        dtype = self.dtype
+        bias = alibi.to(dtype).masked_fill(keys, float("-inf"))  # (B, H, N, N)
+        ctx = enc.context_encoder
+        if ctx.norm is not None and not ctx.layer_norm_first:
+            x = ctx.norm(x)
+        blocks = list(ctx.blocks) + list(self.model.blocks)
+        for i, blk in enumerate(blocks):
+            if scales is not None:
+                bias = (alibi * scales[i]).to(dtype).masked_fill(keys, float("-inf"))
+            x = _block(blk, x, bias)
+        if self.model.norm is not None:
+            x = self.model.norm(x)
         return x[:, num:].float(), valid
 
     @torch.inference_mode()
@@ -139,7 +142,7 @@ class Emotion2vec:
         x, valid = self.embeddings(wavs)
         w = valid.to(x.dtype)[..., None]
         pooled = (x * w).sum(1) / w.sum(1).clamp_min(1.0)
-        logits = self.model.proj(pooled).float()
+        logits = torch.nn.functional.linear(pooled, self.model.proj.weight.float(), self.model.proj.bias.float())
         unused = [i for i in range(logits.shape[1]) if i not in self.keep]
         if unused:
             logits[:, unused] = -float("inf")

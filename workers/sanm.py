@@ -12,34 +12,51 @@ import torch
 import torch.nn.functional as F
 
 
-def _attention(attn, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def _fsmn(attn, inputs: torch.Tensor, shifted: bool) -> torch.Tensor:
+    """The FSMN memory block, a depthwise convolution over time.
+
+    With `shifted`, written as a sum of shifted copies so that torch.compile fuses it into one
+    kernel (eager PyTorch sends the depthwise conv to a slow generic kernel).
+    """
+    if not shifted:
+        return attn.fsmn_block(attn.pad_fn(inputs.transpose(1, 2))).transpose(1, 2)
+    left, right = attn.pad_fn.padding
+    weight = attn.fsmn_block.weight[:, 0, :]  # (D, K)
+    padded = F.pad(inputs, (0, 0, left, right))
+    t = inputs.shape[1]
+    out = padded[:, 0:t] * weight[:, 0]
+    for k in range(1, weight.shape[1]):
+        out = out + padded[:, k:k + t] * weight[:, k]
+    return out
+
+
+def _attention(attn, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, shifted: bool) -> torch.Tensor:
     b, t, _ = x.shape
     q, k, v = torch.split(attn.linear_q_k_v(x), attn.h * attn.d_k, dim=-1)
     inputs = v * keep
-    memory = attn.fsmn_block(attn.pad_fn(inputs.transpose(1, 2))).transpose(1, 2)
-    memory = (memory + inputs) * keep
+    memory = (_fsmn(attn, inputs, shifted) + inputs) * keep
     heads = lambda z: z.reshape(b, t, attn.h, attn.d_k).transpose(1, 2)  # noqa: E731
     out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=keys)
     return attn.linear_out(out.transpose(1, 2).reshape(b, t, attn.h * attn.d_k)) + memory
 
 
-def _layer(layer, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    attended = _attention(layer.self_attn, layer.norm1(x), keep, keys)
+def _layer(layer, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, shifted: bool) -> torch.Tensor:
+    attended = _attention(layer.self_attn, layer.norm1(x), keep, keys, shifted)
     x = x + attended if layer.in_size == layer.size else attended
     return x + layer.feed_forward(layer.norm2(x))
 
 
-def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = False) -> torch.Tensor:
     """(B, T, 560) features with the 4 query frames, valid lengths -> (B, T, 512)."""
     valid = torch.arange(xs.shape[1], device=xs.device)[None, :] < lengths[:, None]
     keep = valid[..., None].to(xs.dtype)
     keys = valid[:, None, None, :]
     xs = encoder.embed(xs * encoder.output_size() ** 0.5)
     for layer in encoder.encoders0:
-        xs = _layer(layer, xs, keep.to(xs.dtype), keys)
+        xs = _layer(layer, xs, keep, keys, shifted)
     for layer in encoder.encoders:
-        xs = _layer(layer, xs, keep.to(xs.dtype), keys)
+        xs = _layer(layer, xs, keep, keys, shifted)
     xs = encoder.after_norm(xs)
     for layer in encoder.tp_encoders:
-        xs = _layer(layer, xs, keep.to(xs.dtype), keys)
+        xs = _layer(layer, xs, keep, keys, shifted)
     return encoder.tp_norm(xs)

@@ -7,6 +7,7 @@ attention, greedy CTC decode with one device-to-host copy per batch, tags parsed
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,11 +76,24 @@ def pad_batch(wavs: list[np.ndarray], device: torch.device) -> tuple[torch.Tenso
 class SenseVoice:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
                  compile: bool = False):
-        self.model = automodel.model.to(device).eval()
+        model = automodel.model
+        if dtype != torch.float32:  # weights cast once, not on every call as autocast would
+            model = copy.deepcopy(model).to(dtype)
+        self.model = model.to(device).eval()
         self.tokenizer = automodel.kwargs["tokenizer"]
         self.device = device
         self.dtype = dtype
         self.frontend = BatchFrontend(automodel.kwargs["frontend"], device)
+        self.shifted = compile
+        # CTC head padded to a multiple of 128 classes: GEMM libraries pick far better kernels
+        # for 25088 than for 25055 outputs. Extra classes get -inf and never win the argmax.
+        head = self.model.ctc.ctc_lo
+        self.vocab = head.weight.shape[0]
+        padded = -(-self.vocab // 128) * 128
+        self.head_weight = torch.zeros(padded, head.weight.shape[1], dtype=dtype, device=device)
+        self.head_weight[: self.vocab] = head.weight.detach()
+        self.head_bias = torch.full((padded,), float("-inf"), dtype=dtype, device=device)
+        self.head_bias[: self.vocab] = head.bias.detach()
         self._forward = compiled(self._ids) if compile else self._ids
 
     def _query(self, languages: list[str], itn: list[bool]) -> torch.Tensor:
@@ -90,12 +104,10 @@ class SenseVoice:
 
     def _encode(self, wav, lengths, query):
         feats, n = self.frontend(wav, lengths)
-        speech = torch.cat((self.model.embed(query), feats), dim=1)
+        speech = torch.cat((self.model.embed(query), feats.to(self.dtype)), dim=1)
         lengths = n + query.shape[1]
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            out = sanm.encode(self.model.encoder, speech, lengths)
-            logits = self.model.ctc.ctc_lo(out)
-        return logits, lengths
+        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted)
+        return torch.nn.functional.linear(out, self.head_weight, self.head_bias), lengths
 
     def _ids(self, wav, lengths, query):
         logits, lengths = self._encode(wav, lengths, query)
@@ -106,7 +118,7 @@ class SenseVoice:
         """CTC log-probabilities (B, T, V) in float32 and valid lengths."""
         wav, lengths = pad_batch(wavs, self.device)
         logits, lengths = self._encode(wav, lengths, self._query(languages, itn))
-        return torch.log_softmax(logits.float(), dim=-1), lengths
+        return torch.log_softmax(logits[..., : self.vocab].float(), dim=-1), lengths
 
     @torch.inference_mode()
     def token_ids(self, wavs, languages, itn) -> tuple[np.ndarray, np.ndarray]:

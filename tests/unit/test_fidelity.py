@@ -64,3 +64,28 @@ def test_emotion2vec_padding_does_not_leak(models_dir, wavs):
     alone = ours.scores([wavs[3]])
     padded = ours.scores([wavs[1], wavs[3]])[1:]
     assert torch.allclose(alone, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_within_2e_2(models_dir, wavs, dtype):
+    sv_am = registry.load_automodel(models_dir / "SenseVoiceSmall")
+    ref, lens = SenseVoice(sv_am, torch.device("cpu")).logits(wavs, ["auto"] * 4, [True] * 4)
+    low, _ = SenseVoice(sv_am, torch.device("cpu"), dtype).logits(wavs, ["auto"] * 4, [True] * 4)
+    for i, n in enumerate(lens.tolist()):
+        assert (low[i, :n] - ref[i, :n]).abs().max() / ref[i, :n].abs().max() < 2e-2
+    e_am = registry.load_automodel(models_dir / "emotion2vec_plus_large")
+    ref_s = Emotion2vec(e_am, torch.device("cpu")).scores(wavs)
+    low_s = Emotion2vec(e_am, torch.device("cpu"), dtype).scores(wavs)
+    assert (low_s - ref_s).abs().max() < 2e-2
+
+
+def test_fused_fsmn_equals_depthwise_conv(models_dir, wavs):
+    from workers import sanm
+
+    am = registry.load_automodel(models_dir / "SenseVoiceSmall")
+    enc = am.model.encoder
+    x = torch.randn(3, 57, 560)
+    lengths = torch.tensor([57, 40, 9])
+    with torch.inference_mode():
+        assert torch.allclose(sanm.encode(enc, x, lengths, shifted=False), sanm.encode(enc, x, lengths, shifted=True),
+                              atol=1e-5)
