@@ -149,6 +149,8 @@ def main() -> None:
     p.add_argument("--batch-seconds", type=float, default=3000.0)
     p.add_argument("--peak-tflops", type=float, default=790.0)
     p.add_argument("--skip", default="", help="comma-separated system names to skip")
+    p.add_argument("--only", default="all", choices=["all", "sensevoice", "emotion2vec"],
+                   help="run one model's systems (the whole set outlasts one 10-minute device call)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -170,6 +172,10 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".fidelity.json").write_text(json.dumps(fid, indent=2) + "\n")
 
+    if args.only == "emotion2vec":
+        skip |= {"automodel-sv", "compile-sv"}
+    if args.only == "sensevoice":
+        skip |= {"emotion2vec"}
     # funasr AutoModel, as its README runs it (batch_size=1) and batched.
     am = registry.load_automodel(dirs["sensevoice"], device="cuda")
     am.generate(input=wavs[:2], batch_size=2, language="auto", use_itn=True, disable_pbar=True)
@@ -178,7 +184,7 @@ def main() -> None:
                        lambda: am.generate(input=sub, batch_size=1, language="auto", use_itn=True, disable_pbar=True))
     best_am = b1.x_realtime
     for bs in (32, 64):
-        if f"automodel-b{bs}" in skip:
+        if f"automodel-b{bs}" in skip or "automodel-sv" in skip:
             continue
         r = bench.measure(f"funasr AutoModel batch_size={bs}", "SenseVoiceSmall", wavs,
                           lambda bs=bs: am.generate(input=wavs, batch_size=bs, language="auto", use_itn=True,
@@ -202,7 +208,7 @@ def main() -> None:
     bench.measure("speechq batched bf16 (eager)", "SenseVoiceSmall", wavs, lambda: run_sv(eager), sv_flops,
                   baseline=b1.x_realtime, notes=f"batches of ≤{args.batch_seconds:.0f} padded s", repeat=2)
     sv_best = eager
-    if "compile" not in skip:
+    if "compile" not in skip and "compile-sv" not in skip:
         try:
             compiled_sv = SenseVoice(sv_am, dev, torch.bfloat16, compile=True)
             t0 = time.perf_counter()
@@ -216,6 +222,9 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - report and go on with eager
             log.error("SenseVoice torch.compile failed: %s", str(exc).splitlines()[0][:300])
 
+    if "emotion2vec" in skip:
+        finish(bench, fid, args)
+        return
     e2v_results = {}
     for key in ("e2v-16+8", "e2v-8+4"):
         e_am = registry.load_automodel(dirs[key], device="cuda")
@@ -261,11 +270,14 @@ def main() -> None:
     bench.measure("speechq both models on every segment", "SenseVoiceSmall + emotion2vec+ large (16+8)", wavs,
                   run_both, sv_flops + e_flops, notes="what a GPU worker runs per batch", repeat=2)
 
+    finish(bench, fid, args)
+
+
+def finish(bench, fid, args) -> None:
     print(table(bench.records))
     print("\nfidelity at full size on this GPU:", json.dumps(fid))
     if args.out:
         save(bench.records, args.out)
-        args.out.with_suffix(".fidelity.json").write_text(json.dumps(fid, indent=2) + "\n")
 
 
 def registry_vad_dir() -> Path:

@@ -120,6 +120,13 @@ class Emotion2vec:
         if num:
             x = torch.cat([enc.extra_tokens.expand(x.size(0), -1, -1), x], dim=1)
             padding = F.pad(padding, (num, 0))
+        # Attention kernels want the key length a multiple of 8; otherwise SDPA copies the whole
+        # (B, H, N, N) bias on every layer. The added frames are padding, masked like the rest.
+        extra = -x.shape[1] % 8
+        if extra:
+            x = F.pad(x, (0, 0, 0, extra))
+            padding = F.pad(padding, (0, extra), value=True)
+            valid = F.pad(valid, (0, extra), value=False)
         alibi, scales = self._alibi(x.shape[1] - num, num)
         keys = padding[:, None, None, :]
         dtype = self.dtype
@@ -134,7 +141,7 @@ class Emotion2vec:
             x = _block(blk, x, bias)
         if self.model.norm is not None:
             x = self.model.norm(x)
-        return x[:, num:].float(), valid
+        return x[:, num:].float(), valid  # (B, T + alignment, C), with the alignment frames invalid
 
     @torch.inference_mode()
     def scores(self, wavs: list[np.ndarray]) -> torch.Tensor:
