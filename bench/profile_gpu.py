@@ -49,7 +49,9 @@ def main() -> None:
             run(model)
             torch.cuda.synchronize()
         events = prof.key_averages()
-        gpu = sum(e.self_device_time_total for e in events) / 1e6
+        from torch.autograd import DeviceType
+
+        gpu = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
         print(f"\n## {name}: {len(group)} segments, {audio:.0f} s audio, wall {wall * 1000:.1f} ms "
               f"({audio / wall:,.0f}x), GPU busy {gpu * 1000:.1f} ms ({100 * gpu / wall:.0f}% of wall)")
         print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60))
