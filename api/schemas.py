@@ -74,6 +74,7 @@ class FileOut(BaseModel):
     num_channels: int | None
     duration_s: float | None
     sha256: str | None
+    duplicate_of: str | None = Field(None, description="Name of the file with the same audio; its results are shown.")
     channels: list[ChannelOut]
 
 

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     max_archive_members: int = 5000
     max_archive_bytes: int = 20 * 1024**3
     max_archive_ratio: float = 200.0
+    max_archive_depth: int = Field(2, description="Archives inside archives, this many levels deep at most.")
 
     channel_labels: str = "agent,customer"
     language: str = "auto"

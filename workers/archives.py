@@ -45,11 +45,14 @@ def file_id(archive_id: str, index: int) -> str:
     return hashlib.sha1(f"{archive_id}:{index}".encode()).hexdigest()[:32]
 
 
-def safe_name(name: str) -> str:
-    try:
-        text = name if isinstance(name, str) else name.decode("utf-8")
-    except UnicodeDecodeError:
-        text = name.decode("utf-8", "replace")
+def printable(name: str | bytes) -> str:
+    """A member name as valid UTF-8: undecodable bytes (tar keeps them as surrogates) become U+FFFD."""
+    raw = name if isinstance(name, bytes) else name.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "replace").replace("\x00", "")
+
+
+def safe_name(name: str | bytes) -> str:
+    text = printable(name)
     path = PurePosixPath(text.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts:
         raise MemberRejected(f"unsafe member path {text!r} (absolute or '..')")
@@ -122,7 +125,8 @@ def expand_archive(archive_id: str) -> None:
             job.state, job.started_at = JobState.running, utcnow()
         db.expunge(archive)
     spool = Spool(settings.spool)
-    total, count, error, new = 0, 0, None, []
+    budget = archive.budget_bytes if archive.budget_bytes is not None else settings.max_archive_bytes
+    total, count, error, new, nested = 0, 0, None, [], []
     try:
         for index, (name, opener) in enumerate(members(Path(archive.path))):
             count += 1
@@ -130,15 +134,23 @@ def expand_archive(archive_id: str) -> None:
                 raise ArchiveRejected(f"more than {settings.max_archive_members} members")
             fid = file_id(archive_id, index)
             row = {"id": fid, "job_id": archive.job_id, "archive_id": archive_id,
-                   "name": f"{archive.name}/{name}", "path": ""}
+                   "name": f"{archive.name}/{printable(name)}", "path": ""}
             try:
                 if isinstance(opener, Exception):
                     raise opener
                 row["name"] = f"{archive.name}/{safe_name(name)}"
                 dst = spool.uploads(archive.job_id) / fid
                 with opener() as src:
-                    size, digest = _copy(src, dst, settings.max_archive_bytes - total)
+                    size, digest = _copy(src, dst, budget - total)
                 total += size
+                with open(dst, "rb") as head:
+                    inner = is_archive(row["name"], head.read(512))
+                if inner and archive.depth + 1 > settings.max_archive_depth:
+                    raise MemberRejected(f"archive nested deeper than {settings.max_archive_depth} levels")
+                if inner:
+                    nested.append({"id": fid, "job_id": archive.job_id, "name": row["name"], "path": str(dst),
+                                   "size_bytes": size, "depth": archive.depth + 1, "budget_bytes": budget - total})
+                    continue
                 row.update(path=str(dst), size_bytes=size, sha256=digest, state=FileState.queued)
             except MemberRejected as exc:
                 row.update(state=FileState.failed, error=str(exc))
@@ -154,12 +166,17 @@ def expand_archive(archive_id: str) -> None:
         existing = {f.id for f in db.query(File.id).filter(File.archive_id == archive_id)}
         fresh = [r for r in new if r["id"] not in existing]
         db.add_all(File(**r) for r in fresh)
+        known = {a.id for a in db.query(Archive.id).filter(Archive.id.in_([n["id"] for n in nested]))}
+        inner = [n for n in nested if n["id"] not in known]
+        db.add_all(Archive(**n) for n in inner)
         a = db.get(Archive, archive_id)
-        a.members, a.state, a.error = len(new), ArchiveState.failed if error else ArchiveState.done, error
+        a.members, a.state, a.error = count, ArchiveState.failed if error else ArchiveState.done, error
         progress.settle(db, [archive.job_id])
     Path(archive.path).unlink(missing_ok=True)
     if error:
         log.warning("archive %s: %s", archive.name, error)
+    for n in inner:
+        expand_archive.apply_async((n["id"],), queue="ingest")
     for r in fresh:
         if r.get("state") == FileState.queued:
             ingest_file.apply_async((r["id"],), queue="ingest")

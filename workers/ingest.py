@@ -48,8 +48,24 @@ def claim_file(file_id: str) -> File | None:
             return None
         if job.state == JobState.queued:
             job.state, job.started_at = JobState.running, utcnow()
+        original = _earlier_copy(db, f)
+        if original is not None:  # same audio already in this job: process once, report twice
+            f.duplicate_of, f.state = original, FileState.segmented
+            log.info("file %s (%s) has the same audio as %s: not processed again", f.id, f.name, original)
+            progress.settle(db, [f.job_id])
+            return None
         db.expunge(f)
         return f
+
+
+def _earlier_copy(db, f: File) -> str | None:
+    if not f.sha256:
+        return None
+    return db.scalar(
+        select(File.id).where(
+            File.job_id == f.job_id, File.sha256 == f.sha256, File.id != f.id, File.duplicate_of.is_(None),
+            or_(File.created_at < f.created_at, (File.created_at == f.created_at) & (File.id < f.id)))
+        .order_by(File.created_at, File.id).limit(1))
 
 
 def _fail(db, f: File, message: str) -> None:

@@ -32,10 +32,18 @@ def settle(db: Session, job_ids) -> list[str]:
     )
     db.execute(
         update(File)
-        .where(File.job_id.in_(job_ids), File.state == FileState.segmented, ~open_segments)
+        .where(File.job_id.in_(job_ids), File.state == FileState.segmented, File.duplicate_of.is_(None),
+               ~open_segments)
         .values(state=FileState.done, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+    copies = db.scalars(select(File).where(File.job_id.in_(job_ids), File.duplicate_of.is_not(None),
+                                           File.state == FileState.segmented)).all()
+    for copy in copies:
+        original = db.get(File, copy.duplicate_of)
+        if original is not None and original.state not in ACTIVE_FILE:
+            copy.state, copy.error, copy.duration_s = original.state, original.error, original.duration_s
+            copy.format, copy.sample_rate, copy.num_channels = original.format, original.sample_rate, original.num_channels
     ended = []
     for job in db.scalars(select(Job).where(Job.id.in_(job_ids))):
         if recount(db, job):

@@ -124,7 +124,15 @@ def get_results(job_id: str, db: SessionDep):
         .options(selectinload(File.channels).selectinload(Channel.segments).selectinload(Segment.result))
     ).all()
     out = []
-    for f in files:
+    names = {f.id: f.name for f in files}
+    by_id: dict[str, list] = {}
+    for f in sorted(files, key=lambda f: f.duplicate_of is not None):  # originals first
+        if f.duplicate_of:
+            out.append(schemas.FileOut(id=f.id, name=f.name, state=f.state.value, error=f.error, format=f.format,
+                                       sample_rate=f.sample_rate, num_channels=f.num_channels,
+                                       duration_s=f.duration_s, sha256=f.sha256,
+                                       duplicate_of=names.get(f.duplicate_of), channels=by_id.get(f.duplicate_of, [])))
+            continue
         channels = []
         for c in f.channels:
             segs = []
@@ -138,9 +146,11 @@ def get_results(job_id: str, db: SessionDep):
                     emotion2vec_scores=r.emotion2vec_scores if r else None))
             channels.append(schemas.ChannelOut(index=c.index, label=c.label, duration_s=round(c.duration_s, 3),
                                                speech_s=round(c.speech_s, 3), segments=segs))
+        by_id[f.id] = channels
         out.append(schemas.FileOut(id=f.id, name=f.name, state=f.state.value, error=f.error, format=f.format,
                                    sample_rate=f.sample_rate, num_channels=f.num_channels, duration_s=f.duration_s,
                                    sha256=f.sha256, channels=channels))
+    out.sort(key=lambda f: f.name)
     models = _models(db, job_id)
     random = any(m.random_weights for m in models)
     return schemas.JobResults(

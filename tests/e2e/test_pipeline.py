@@ -153,3 +153,35 @@ def test_cancel(api, tmp_path):
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     assert api.wait(job["id"])["state"] == "cancelled"
     assert api.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_duplicates_processed_once_and_nested_archives(api, tmp_path):
+    need_espeak()
+    a = samples.mono_call(tmp_path / "a.wav", [(0, "The same recording, filed twice.")]).read_bytes()
+    b = samples.mono_call(tmp_path / "b.wav", [(1, "A call inside an inner archive.")], rate=8000).read_bytes()
+    too_deep = _zip({"level2.zip": _zip({"level3.zip": _zip({"deep.wav": b})})})
+    outer = _zip({"monday/a.wav": a, "tuesday/a-again.wav": a, "inner.zip": _zip({"b.wav": b}),
+                  "nest.zip": too_deep})
+    (tmp_path / "outer.zip").write_bytes(outer)
+    job = api.submit([tmp_path / "outer.zip"])
+    st = api.wait(job["id"])
+    assert st["state"] == "done", st
+    res = api.results(job["id"])
+    files = {f["name"]: f for f in res["files"]}
+    first, again = files["outer.zip/monday/a.wav"], files["outer.zip/tuesday/a-again.wav"]
+    assert first["state"] == again["state"] == "done" and first["sha256"] == again["sha256"]
+    assert again["duplicate_of"] == "outer.zip/monday/a.wav"
+    assert again["channels"] == first["channels"] and first["channels"][0]["segments"]
+    segs, _ = _rows(api.database_url, job["id"])
+    assert segs == len(first["channels"][0]["segments"]) + len(files["outer.zip/inner.zip/b.wav"]["channels"][0]["segments"])
+    assert files["outer.zip/inner.zip/b.wav"]["state"] == "done"
+    deep = files["outer.zip/nest.zip/level2.zip/level3.zip"]
+    assert deep["state"] == "failed" and "nested deeper than 2" in deep["error"]

@@ -44,3 +44,15 @@ def test_is_archive_by_name_or_magic():
     assert is_archive("x.tar.gz", b"")
     assert is_archive("upload", b"PK\x03\x04rest")
     assert not is_archive("call.wav", b"RIFF")
+
+
+def test_non_utf8_member_names_become_valid_text(tmp_path):
+    path = tmp_path / "latin1.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        info = tarfile.TarInfo("caf\xe9/appel.wav")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    ((name, _),) = list(members(path))
+    clean = safe_name(name)
+    assert clean == "caf\ufffd/appel.wav"
+    clean.encode("utf-8")  # storable in PostgreSQL
