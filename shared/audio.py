@@ -1,4 +1,8 @@
-"""Probe and decode audio with ffmpeg (ffmpeg-python): one 16 kHz float32 stream per channel."""
+"""Probe and decode audio: one 16 kHz float32 stream per channel, never downmixed.
+
+libsndfile (soundfile) reads WAV (PCM, float, G.711, GSM 6.10), FLAC, OGG/Opus and MP3 in-process;
+everything else (M4A/AAC, raw GSM, AMR, video containers, ...) goes through ffmpeg (ffmpeg-python).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 
 import ffmpeg
 import numpy as np
+import soundfile as sf
+import soxr
 
 from shared.storage import SAMPLE_RATE
 
@@ -18,6 +24,12 @@ class AudioError(Exception):
     """A file that cannot be used as audio; the message is shown to the user."""
 
 
+# libsndfile subtypes under the codec names ffmpeg reports, so that both readers agree.
+CODECS = {"ULAW": "pcm_mulaw", "ALAW": "pcm_alaw", "PCM_U8": "pcm_u8", "PCM_S8": "pcm_s8", "PCM_16": "pcm_s16le",
+          "PCM_24": "pcm_s24le", "PCM_32": "pcm_s32le", "FLOAT": "pcm_f32le", "DOUBLE": "pcm_f64le",
+          "GSM610": "gsm_ms", "VORBIS": "vorbis", "OPUS": "opus", "MPEG_LAYER_III": "mp3"}
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     format: str
@@ -25,12 +37,21 @@ class AudioInfo:
     sample_rate: int
     channels: int
     duration_s: float
+    reader: str = "ffmpeg"
 
 
 def probe(path: Path) -> AudioInfo:
     path = Path(path)
     if path.stat().st_size == 0:
         raise AudioError("empty file (0 bytes)")
+    try:
+        info = sf.info(str(path))
+        if info.channels > 0 and info.samplerate > 0:
+            return AudioInfo(format=info.format.lower(), codec=CODECS.get(info.subtype, info.subtype.lower()),
+                             sample_rate=int(info.samplerate), channels=int(info.channels),
+                             duration_s=float(info.frames) / info.samplerate, reader="soundfile")
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        pass  # not for libsndfile: ask ffmpeg
     try:
         info = ffmpeg.probe(str(path))
     except ffmpeg.Error as exc:
@@ -50,8 +71,22 @@ def probe(path: Path) -> AudioInfo:
     )
 
 
-def decode(path: Path, channels: int) -> np.ndarray:
+def decode(path: Path, info: AudioInfo) -> np.ndarray:
     """Decode every channel to 16 kHz float32; returns shape (channels, samples). Never downmixes."""
+    if info.reader == "soundfile":
+        try:
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise AudioError(f"decode failed: {exc}") from None
+        if data.shape[0] == 0:
+            raise AudioError("no audio samples decoded (zero-length audio)")
+        if rate != SAMPLE_RATE:
+            data = soxr.resample(data, rate, SAMPLE_RATE)
+        return np.ascontiguousarray(data.T, dtype=np.float32)
+    return _decode_ffmpeg(path, info.channels)
+
+
+def _decode_ffmpeg(path: Path, channels: int) -> np.ndarray:
     try:
         out, _ = (
             ffmpeg.input(str(path))

@@ -82,7 +82,7 @@ def read_channels(f: File, settings) -> tuple[audio.AudioInfo, list]:
             f"recording too long: {info.duration_s:.0f} s (limit SPEECHQ_MAX_FILE_SECONDS={settings.max_file_seconds:.0f})")
     if info.channels < 1:
         raise audio.AudioError("audio stream has no channels")
-    return info, audio.decode(Path(f.path), info.channels)
+    return info, audio.decode(Path(f.path), info)
 
 
 @app.task(bind=True, name="workers.ingest.ingest_file")
