@@ -59,6 +59,7 @@ def api(database_url, redis_url, models_dir, tmp_path_factory):
         "SPEECHQ_MODELS_DIR": str(models_dir), "SPEECHQ_API_PORT": str(free_port()),
         "SPEECHQ_IMPORT_ROOT": str(imports), "SPEECHQ_BATCH_SECONDS": "60",
         "SPEECHQ_RECONCILE_INTERVAL_SECONDS": "5", "SPEECHQ_BATCH_FLUSH_SECONDS": "2",
+        "SPEECHQ_TASK_DEADLINE_SECONDS": "30",
     }
     with mock.patch.dict(os.environ, env):
         stack = Stack(Settings(), flower=False, ingest_concurrency=2)
