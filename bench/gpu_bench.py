@@ -190,7 +190,6 @@ def main() -> None:
                           lambda bs=bs: am.generate(input=wavs, batch_size=bs, language="auto", use_itn=True,
                                                     disable_pbar=True), baseline=b1.x_realtime)
         best_am = max(best_am, r.x_realtime)
-    del am
 
     groups = batches(wavs, args.batch_seconds)
     langs = {i: "auto" for i in range(len(wavs))}
