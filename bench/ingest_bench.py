@@ -32,19 +32,26 @@ def make_call(path: Path, seconds: float) -> Path:
 
 
 def child(path: str) -> None:
-    """One file through the ingest stage's own functions; prints JSON timings."""
-    from shared.audio import decode, probe
+    """One file through the ingest stage's own functions (streamed decode to the spool, streamed
+    VAD per channel); prints JSON timings."""
+    from types import SimpleNamespace
+
     from shared.config import Settings
-    from shared.vad import segments
+    from shared.storage import Spool, read_raw
+    from shared.vad import CHUNK_SAMPLES, segments, segments_stream
+    from workers.ingest import check, decode_to_spool
 
     settings = Settings()
     segments(np.zeros(16000, dtype=np.float32) + 1e-3, settings.vad_model_dir, 30000)  # load the model
+    spool = Spool(Path(tempfile.mkdtemp(prefix="speechq-ingest-spool-")))
+    f = SimpleNamespace(id="bench", job_id="bench", path=path)
     t0 = time.perf_counter()
-    info = probe(Path(path))
-    audio = decode(Path(path), info)
+    info = check(f, settings)
+    paths, _ = decode_to_spool(f, info, spool)
     t1 = time.perf_counter()
-    n = sum(len(segments(ch, settings.vad_model_dir, 30000)) for ch in audio)
+    n = sum(len(segments_stream(read_raw(p, CHUNK_SAMPLES), settings.vad_model_dir, 30000)) for p in paths)
     t2 = time.perf_counter()
+    spool.clean_job("bench")
     print(json.dumps({"audio_s": info.duration_s * info.channels, "decode_s": t1 - t0, "vad_s": t2 - t1,
                       "segments": n, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 

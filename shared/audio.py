@@ -86,6 +86,64 @@ def decode(path: Path, info: AudioInfo) -> np.ndarray:
     return _decode_ffmpeg(path, info.channels)
 
 
+def stream(path: Path, info: AudioInfo, block_seconds: float = 60.0):
+    """Decode in blocks of (channels, ~block_seconds * 16000) float32 at 16 kHz: memory stays flat
+    whatever the recording's length. Never downmixes."""
+    if info.reader == "soundfile":
+        yield from _stream_soundfile(path, info, block_seconds)
+    else:
+        yield from _stream_ffmpeg(path, info.channels, block_seconds)
+
+
+def _stream_soundfile(path: Path, info: AudioInfo, block_seconds: float):
+    resampler = (soxr.ResampleStream(info.sample_rate, SAMPLE_RATE, info.channels, dtype="float32")
+                 if info.sample_rate != SAMPLE_RATE else None)
+    frames = max(1, int(block_seconds * info.sample_rate))
+    seen = 0
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                block = f.read(frames, dtype="float32", always_2d=True)
+                last = block.shape[0] < frames
+                seen += block.shape[0]
+                if resampler is not None:
+                    block = resampler.resample_chunk(block, last=last)
+                if block.shape[0]:
+                    yield np.ascontiguousarray(block.T)
+                if last:
+                    break
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"decode failed: {exc}") from None
+    if seen == 0:
+        raise AudioError("no audio samples decoded (zero-length audio)")
+
+
+def _stream_ffmpeg(path: Path, channels: int, block_seconds: float):
+    proc = (
+        ffmpeg.input(str(path))
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ar=SAMPLE_RATE, ac=channels, map="0:a:0")
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
+        .run_async(pipe_stdout=True, pipe_stderr=True)
+    )
+    size = int(block_seconds * SAMPLE_RATE) * channels * 4
+    seen = 0
+    try:
+        while chunk := proc.stdout.read(size):
+            usable = len(chunk) - len(chunk) % (4 * channels)
+            seen += usable
+            if usable:
+                yield np.frombuffer(chunk[:usable], dtype=np.float32).reshape(-1, channels).T.copy()
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+        proc.stderr.close()
+        code = proc.wait()
+    if code != 0:
+        raise AudioError(f"decode failed: {err[-1][:300] if err else 'ffmpeg exited with ' + str(code)}")
+    if seen == 0:
+        raise AudioError("no audio samples decoded (zero-length audio)")
+
+
 def _decode_ffmpeg(path: Path, channels: int) -> np.ndarray:
     try:
         out, _ = (

@@ -2,7 +2,7 @@
 
 Layout under the spool root:
   uploads/<job>/...        original bytes of uploaded files and archive members
-  audio/<job>/<channel>.npy  decoded 16 kHz float32 audio of one channel
+  audio/<job>/<channel>.f32  decoded 16 kHz float32 audio of one channel (raw, little-endian)
   batches/<batch>.npz      a packed GPU batch (segment audio, offsets, ids)
 """
 
@@ -26,7 +26,7 @@ class Spool:
         return self._dir("uploads", job_id)
 
     def channel_audio(self, job_id: str, channel_id: str) -> Path:
-        return self._dir("audio", job_id) / f"{channel_id}.npy"
+        return self._dir("audio", job_id) / f"{channel_id}.f32"
 
     def batch(self, batch_id: str) -> Path:
         return self._dir("batches") / f"{batch_id}.npz"
@@ -35,9 +35,6 @@ class Spool:
         path = self.root.joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-    def write_array(self, path: Path, array: np.ndarray) -> None:
-        _atomic(path, lambda f: np.save(f, array, allow_pickle=False))
 
     def write_batch(self, path: Path, **arrays: np.ndarray) -> None:
         _atomic(path, lambda f: np.savez(f, **arrays))
@@ -57,6 +54,18 @@ def _atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_raw(path: Path, block_samples: int):
+    """Blocks of a raw float32 channel file, read (not mapped) so that memory stays flat."""
+    with open(path, "rb") as f:
+        while chunk := f.read(block_samples * 4):
+            yield np.frombuffer(chunk, dtype=np.float32)
+
+
+def channel_samples(path: Path) -> np.ndarray:
+    """A raw channel file as a read-only memory map: slicing a segment reads only its pages."""
+    return np.memmap(path, dtype=np.float32, mode="r")
 
 
 def read_batch(path: Path) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ from shared import audio, vad
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Channel, File, FileState, Job, JobState, Segment, utcnow
-from shared.storage import SAMPLE_RATE, Spool
+from shared.storage import SAMPLE_RATE, Spool, read_raw
 from workers import packing, progress
 from workers.celery_app import app
 
@@ -75,14 +75,34 @@ def _fail(db, f: File, message: str) -> None:
     progress.settle(db, [f.job_id])
 
 
-def read_channels(f: File, settings) -> tuple[audio.AudioInfo, list]:
+def check(f: File, settings) -> audio.AudioInfo:
     info = audio.probe(Path(f.path))
     if info.duration_s > settings.max_file_seconds:
         raise audio.AudioError(
             f"recording too long: {info.duration_s:.0f} s (limit SPEECHQ_MAX_FILE_SECONDS={settings.max_file_seconds:.0f})")
     if info.channels < 1:
         raise audio.AudioError("audio stream has no channels")
-    return info, audio.decode(Path(f.path), info)
+    return info
+
+
+def decode_to_spool(f: File, info: audio.AudioInfo, spool: Spool) -> tuple[list[Path], int]:
+    """Every channel to its own raw file on the spool, block by block. Returns (paths, samples)."""
+    paths = [spool.channel_audio(f.job_id, f"{f.id}-{i}") for i in range(info.channels)]
+    outs = [open(p, "wb") for p in paths]
+    samples = 0
+    try:
+        for block in audio.stream(Path(f.path), info):
+            for out, channel in zip(outs, block):
+                out.write(channel.tobytes())
+            samples += block.shape[1]
+    except BaseException:
+        for p in paths:
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        for out in outs:
+            out.close()
+    return paths, samples
 
 
 @app.task(bind=True, name="workers.ingest.ingest_file")
@@ -93,7 +113,10 @@ def ingest_file(self, file_id: str) -> None:
         return
     spool = Spool(settings.spool)
     try:
-        info, channels = read_channels(f, settings)
+        info = check(f, settings)
+        paths, samples = decode_to_spool(f, info, spool)
+        if samples < 1:
+            raise audio.AudioError("no audio samples decoded (zero-length audio)")
     except audio.AudioError as exc:
         with session_scope() as db:
             _fail(db, db.get(File, file_id), str(exc))
@@ -103,26 +126,26 @@ def ingest_file(self, file_id: str) -> None:
         labels = settings.labels(job.channel_labels)
     rows = []
     total_segments = 0
-    for index, samples in enumerate(channels):
+    block = vad.CHUNK_SAMPLES
+    for index, path in enumerate(paths):
         label = labels[index] if index < len(labels) else f"ch{index}"
-        spans = vad.segments(samples, settings.vad_model_dir, int(settings.max_segment_seconds * 1000))
-        channel = Channel(file_id=f.id, index=index, label=label,
-                          duration_s=samples.size / SAMPLE_RATE,
+        spans = vad.segments_stream(read_raw(path, block), settings.vad_model_dir,
+                                    int(settings.max_segment_seconds * 1000))
+        channel = Channel(file_id=f.id, index=index, label=label, duration_s=samples / SAMPLE_RATE,
                           speech_s=sum(e - s for s, e in spans) / 1000.0)
         if spans:
-            path = spool.channel_audio(f.job_id, f"{f.id}-{index}")
-            spool.write_array(path, samples)
             channel.audio_path = str(path)
+        else:
+            path.unlink(missing_ok=True)
         rows.append((channel, spans))
         total_segments += len(spans)
-        self.send_event("task-progress", file=f.name, channel=index, channels=len(channels),
-                        segments=len(spans))
+        self.send_event("task-progress", file=f.name, channel=index, channels=len(paths), segments=len(spans))
     with session_scope() as db:
         progress.lock_jobs(db, [f.job_id])
         db.query(Channel).filter(Channel.file_id == f.id).delete()  # a retried ingest starts clean
         fr = db.get(File, f.id)
         fr.format, fr.sample_rate, fr.num_channels = f"{info.format}/{info.codec}", info.sample_rate, info.channels
-        fr.duration_s = channels.shape[1] / SAMPLE_RATE
+        fr.duration_s = samples / SAMPLE_RATE
         for channel, spans in rows:
             db.add(channel)
             db.flush()
@@ -132,7 +155,7 @@ def ingest_file(self, file_id: str) -> None:
         if not total_segments:
             fr.state, fr.error = FileState.done, "no speech detected in any channel"
         progress.settle(db, [f.job_id])
-    log.info("ingested %s: %d channel(s), %.1f s, %d segments", f.name, len(rows), channels.shape[1] / SAMPLE_RATE,
+    log.info("ingested %s: %d channel(s), %.1f s, %d segments", f.name, len(rows), samples / SAMPLE_RATE,
              total_segments)
     packing.pack_pending()
 

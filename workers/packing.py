@@ -18,7 +18,7 @@ from shared.batching import Item, pack
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Batch, Channel, File, FileState, Job, JobState, Segment, SegmentState, utcnow
-from shared.storage import SAMPLE_RATE, Spool
+from shared.storage import SAMPLE_RATE, Spool, channel_samples
 
 log = logging.getLogger(__name__)
 LOCK = "speechq:pack-lock"
@@ -84,7 +84,7 @@ def _make_batch(segment_ids: list[str]) -> str | None:
             by_path[s.audio_path].append(s)
         ordered = []
         for path, group in by_path.items():
-            samples = np.load(path, mmap_mode="r")
+            samples = channel_samples(path)
             for s in group:
                 a, b = s.start_ms * SAMPLE_RATE // 1000, s.end_ms * SAMPLE_RATE // 1000
                 pieces.append(np.asarray(samples[a:b], dtype=np.float32))

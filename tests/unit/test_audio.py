@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shared import samples
-from shared.audio import AudioError, decode, probe
+from shared.audio import AudioError, decode, probe, stream
 
 # (file name, ffmpeg encoder, sample rate, channels, reader expected)
 FORMATS = [
@@ -48,6 +48,9 @@ def test_formats_decode_per_channel_to_16k(tmp_path, name, codec, rate, channels
     assert np.abs(out[0]).max() > 0.1
     if channels == 2:  # no downmix: the silent channel stays silent
         assert np.abs(out[1]).max() < 0.02
+    streamed = np.concatenate(list(stream(path, info, block_seconds=0.3)), axis=1)  # what ingest uses
+    n = min(streamed.shape[1], out.shape[1])
+    assert abs(streamed.shape[1] - out.shape[1]) <= 64 and np.abs(streamed[:, :n] - out[:, :n]).max() < 2e-2
 
 
 def test_empty_file(tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import soundfile as sf
 
 from shared.config import Settings
-from shared.vad import segments, split_long
+from shared.vad import segments, segments_stream, split_long
 from tests.conftest import shared_audio
 
 PUBLISHED = [(70, 2340), (2620, 6200), (6480, 23670), (23950, 26250), (26780, 28990), (29950, 31430),
@@ -24,3 +24,11 @@ def test_split_long():
     assert split_long([(5, 100)], 400) == [(5, 100)]
     pieces = split_long([(6480, 23670)], 5000)
     assert all(e - s <= 5000 for s, e in pieces) and pieces[0][0] == 6480 and pieces[-1][1] == 23670
+
+
+def test_streamed_vad_equals_offline_across_chunk_boundaries():
+    audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")
+    long = np.tile(audio, 3)  # 211 s: crosses the VAD's 60 s chunks three times
+    blocks = (long[i:i + 7777] for i in range(0, long.size, 7777))
+    directory = Settings().vad_model_dir
+    assert segments_stream(blocks, directory, 600000) == segments(long, directory, 600000)
