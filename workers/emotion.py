@@ -8,12 +8,13 @@ utterance embedding averaged over valid frames only.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from workers.staging import pad_batch, prepare
 
 
 @dataclass
@@ -45,10 +46,7 @@ def _block(blk, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 class Emotion2vec:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
                  compile: bool = False):
-        model = automodel.model
-        if dtype != torch.float32:  # weights cast once, not on every call as autocast would
-            model = copy.deepcopy(model).to(dtype)
-        self.model = model.to(device).eval()
+        self.model = prepare(automodel.model, device, dtype)
         tokenizer = automodel.kwargs.get("tokenizer")
         self.labels = list(tokenizer.token_list) if tokenizer is not None else []
         self.keep = [i for i, lab in enumerate(self.labels) if not lab.startswith("unuse")]
@@ -92,8 +90,6 @@ class Emotion2vec:
 
     def _normalised(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each waveform layer-normalised over its own samples (as funasr does), then zero-padded."""
-        from workers.sensevoice import pad_batch
-
         source, lengths = pad_batch(wavs, self.device)
         if self.model.cfg.normalize:
             valid = (torch.arange(source.shape[1], device=self.device)[None, :] < lengths[:, None]).float()

@@ -7,7 +7,6 @@ attention, greedy CTC decode with one device-to-host copy per batch, tags parsed
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from shared.models.tokens import parse_tags
 from workers import sanm
 from workers.features import BatchFrontend
+from workers.staging import pad_batch, prepare
 
 EVENT_EMO_QUERY = (1, 2)
 
@@ -38,48 +38,10 @@ class Transcript:
     itn: bool | None
 
 
-_pinned: dict[str, torch.Tensor] = {}
-
-
-def _staging(numel: int, pinned: bool) -> torch.Tensor:
-    """A host buffer reused from batch to batch (pinning memory costs more than copying it)."""
-    if not pinned:
-        return torch.empty(numel, dtype=torch.float32)
-    buf = _pinned.get("audio")
-    done = _pinned.get("copied")
-    if done is not None:
-        done.synchronize()  # the previous upload from this buffer has finished
-    if buf is None or buf.numel() < numel:
-        buf = torch.empty(max(numel, 1 << 20), dtype=torch.float32, pin_memory=True)
-        _pinned["audio"] = buf
-    return buf[:numel]
-
-
-def pad_batch(wavs: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padded (B, T) float32 on `device`: segments go up packed end to end, padding happens there."""
-    lengths = torch.tensor([len(w) for w in wavs], dtype=torch.int64)
-    flat = _staging(int(lengths.sum()), device.type == "cuda")
-    np.concatenate([np.asarray(w, dtype=np.float32) for w in wavs], out=flat.numpy())
-    flat = flat.to(device, non_blocking=True)
-    if device.type == "cuda":
-        _pinned["copied"] = torch.cuda.Event()
-        _pinned["copied"].record()
-    lengths = lengths.to(device, non_blocking=True)
-    width = int(max(len(w) for w in wavs))
-    starts = torch.cumsum(lengths, 0) - lengths
-    pos = torch.arange(width, device=device)[None, :]
-    valid = pos < lengths[:, None]
-    index = (starts[:, None] + pos).clamp_max(flat.numel() - 1)
-    return torch.where(valid, flat[index], 0.0), lengths
-
-
 class SenseVoice:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
                  compile: bool = False):
-        model = automodel.model
-        if dtype != torch.float32:  # weights cast once, not on every call as autocast would
-            model = copy.deepcopy(model).to(dtype)
-        self.model = model.to(device).eval()
+        self.model = prepare(automodel.model, device, dtype)
         self.tokenizer = automodel.kwargs["tokenizer"]
         self.device = device
         self.dtype = dtype

@@ -1,0 +1,51 @@
+"""Getting models and audio onto the device: weights cast once, audio through a pinned buffer."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+
+def prepare(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The model in eval mode on `device`; in half precision a cast copy (the original stays fp32),
+    cast once rather than on every call as autocast would."""
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
+    return model.to(device).eval()
+
+
+_pinned: dict[str, torch.Tensor] = {}
+
+
+def _staging(numel: int, pinned: bool) -> torch.Tensor:
+    """A host buffer reused from batch to batch (pinning memory costs more than copying it)."""
+    if not pinned:
+        return torch.empty(numel, dtype=torch.float32)
+    buf = _pinned.get("audio")
+    done = _pinned.get("copied")
+    if done is not None:
+        done.synchronize()  # the previous upload from this buffer has finished
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(max(numel, 1 << 20), dtype=torch.float32, pin_memory=True)
+        _pinned["audio"] = buf
+    return buf[:numel]
+
+
+def pad_batch(wavs: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded (B, T) float32 on `device`: segments go up packed end to end, padding happens there."""
+    lengths = torch.tensor([len(w) for w in wavs], dtype=torch.int64)
+    flat = _staging(int(lengths.sum()), device.type == "cuda")
+    np.concatenate([np.asarray(w, dtype=np.float32) for w in wavs], out=flat.numpy())
+    flat = flat.to(device, non_blocking=True)
+    if device.type == "cuda":
+        _pinned["copied"] = torch.cuda.Event()
+        _pinned["copied"].record()
+    lengths = lengths.to(device, non_blocking=True)
+    width = int(max(len(w) for w in wavs))
+    starts = torch.cumsum(lengths, 0) - lengths
+    pos = torch.arange(width, device=device)[None, :]
+    valid = pos < lengths[:, None]
+    index = (starts[:, None] + pos).clamp_max(flat.numel() - 1)
+    return torch.where(valid, flat[index], 0.0), lengths
