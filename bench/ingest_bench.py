@@ -53,7 +53,16 @@ def child(path: str) -> None:
     t2 = time.perf_counter()
     spool.clean_job("bench")
     print(json.dumps({"audio_s": info.duration_s * info.channels, "decode_s": t1 - t0, "vad_s": t2 - t1,
-                      "segments": n, "rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                      "segments": n, "rss_gb": peak_rss_kib() / 2**20}))
+
+
+def peak_rss_kib() -> int:
+    """This process's own peak RSS. Not getrusage: Linux carries ru_maxrss across exec, so a child
+    started by a large parent would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run(path: Path) -> dict:
