@@ -56,3 +56,17 @@ def test_non_utf8_member_names_become_valid_text(tmp_path):
     clean = safe_name(name)
     assert clean == "caf\ufffd/appel.wav"
     clean.encode("utf-8")  # storable in PostgreSQL
+
+
+def test_encrypted_zip_member_is_rejected(tmp_path):
+    path = tmp_path / "secret.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("call.wav", b"RIFF" + b"\0" * 100)
+    raw = bytearray(path.read_bytes())
+    # Set the 'encrypted' flag (bit 0) in the local header and in the central directory entry.
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = raw.find(signature)
+        raw[at + offset] |= 0x01
+    path.write_bytes(bytes(raw))
+    ((name, opener),) = list(members(path))
+    assert isinstance(opener, MemberRejected) and "encrypted" in str(opener)

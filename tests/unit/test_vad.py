@@ -32,3 +32,14 @@ def test_streamed_vad_equals_offline_across_chunk_boundaries():
     blocks = (long[i:i + 7777] for i in range(0, long.size, 7777))
     directory = Settings().vad_model_dir
     assert segments_stream(blocks, directory, 600000) == segments(long, directory, 600000)
+
+
+def test_phone_call_equals_funasr_automodel():
+    from shared.models.registry import load_automodel
+    from shared.vad import MAX_END_SILENCE_MS
+
+    audio, _ = sf.read(shared_audio("phone_conversation.wav"), dtype="float32")
+    directory = Settings().vad_model_dir
+    ref = load_automodel(directory).generate(input=audio, max_end_silence_time=MAX_END_SILENCE_MS)[0]["value"]
+    got = segments_stream((audio[i:i + 16000] for i in range(0, audio.size, 16000)), directory, 10**9)
+    assert got == [tuple(s) for s in ref] and got

@@ -1,0 +1,62 @@
+"""Hostile and heavy input through the whole pipeline: every file gets a state, the job completes."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import wave
+import zipfile
+
+import numpy as np
+import pytest
+
+from shared import samples
+
+pytestmark = pytest.mark.e2e
+
+
+def _wav_bytes(audio: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def test_thousand_member_archive(api, tmp_path):
+    rng = np.random.default_rng(5)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(1000):  # near-silent and all different: 1,000 files, none a duplicate
+            zf.writestr(f"queue/{i // 100:02d}/call-{i:04d}.wav", _wav_bytes(1e-4 * rng.standard_normal(3200), 8000))
+    (tmp_path / "many.zip").write_bytes(buf.getvalue())
+    job = api.submit([tmp_path / "many.zip"])
+    st = api.wait(job["id"], timeout=900)
+    assert st["state"] == "done" and st["files_total"] == 1000
+    assert st["files_done"] + st["files_failed"] == 1000 and st["files_failed"] == 0
+
+
+def test_two_hours_of_hold_music(api, tmp_path):
+    rate = 8000
+    t = np.arange(rate // 2) / rate
+    notes = [262, 294, 330, 349, 392, 440, 494, 523]
+    bar = np.concatenate([0.2 * (np.sin(2 * np.pi * f * t) + 0.5 * np.sin(2 * np.pi * 1.5 * f * t)) for f in notes])
+    music = np.tile(bar, int(2 * 3600 / 4) + 1)[: 2 * 3600 * rate].astype(np.float32)
+    path = samples.write(tmp_path / "hold-music.wav", music[None, :], rate, codec="pcm_mulaw")
+    job = api.submit([path])
+    st = api.wait(job["id"], timeout=900)
+    assert st["state"] == "done" and st["files_done"] == 1
+    (f,) = api.results(job["id"])["files"]
+    assert f["state"] == "done" and abs(f["duration_s"] - 7200) < 1
+    assert all(s["state"] == "done" for c in f["channels"] for s in c["segments"])
+
+
+def test_video_files(api, tmp_path):
+    silent_video = tmp_path / "screen.mp4"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=5", "-t", "1",
+                    "-pix_fmt", "yuv420p", str(silent_video)], check=True)
+    job = api.submit([silent_video])
+    st = api.wait(job["id"])
+    assert st["state"] == "failed" and "no audio stream" in st["errors"][0]["error"]
