@@ -3,7 +3,8 @@
 Layout under the spool root:
   uploads/<job>/...        original bytes of uploaded files and archive members
   audio/<job>/<channel>.f32  decoded 16 kHz float32 audio of one channel (raw, little-endian)
-  batches/<batch>.npz      a packed GPU batch (segment audio, offsets, ids)
+  batches/<batch>.npz      a packed GPU batch: offsets, segment ids, languages, ITN flags
+  batches/<batch>.f32      ... and its segments' audio end to end (raw float32, read in one call)
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class Spool:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_batch(self, path: Path, **arrays: np.ndarray) -> None:
+    def write_batch(self, path: Path, audio: np.ndarray, **arrays: np.ndarray) -> None:
+        """Audio first, metadata last: a batch whose .npz exists is complete."""
+        _atomic(path.with_suffix(".f32"), lambda f: np.ascontiguousarray(audio, dtype="<f4").tofile(f))
         _atomic(path, lambda f: np.savez(f, **arrays))
 
     def clean_job(self, job_id: str) -> None:
@@ -70,4 +73,11 @@ def channel_samples(path: Path) -> np.ndarray:
 
 def read_batch(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
+        out = {k: data[k] for k in data.files}
+    out["audio"] = np.fromfile(path.with_suffix(".f32"), dtype="<f4")
+    return out
+
+
+def remove_batch(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_suffix(".f32").unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import (Batch, BatchState, Job, JobState, ModelVersion, Result, Segment, SegmentState,
                            utcnow)
-from shared.storage import Spool, read_batch
+from shared.storage import Spool, read_batch, remove_batch
 from workers import progress
 from workers.celery_app import app
 from workers.engine import get_engine
@@ -102,7 +102,7 @@ def run_batch(self, batch_id: str) -> None:
         raise
     t3 = time.perf_counter()
     ended = write_results(batch_id, ids, results, engine)
-    Path(batch.path).unlink(missing_ok=True)
+    remove_batch(Path(batch.path))
     spool = Spool(settings.spool)
     for job_id in ended:
         spool.clean_job(job_id)
