@@ -41,7 +41,7 @@ class Stack:
             self.env["REDIS_URL"] = f"redis://127.0.0.1:{self.redis.port}/0"
         migrate(s.database)
         specs = [launcher.api(s.api_host, s.api_port), launcher.ingest_worker(self.ingest_concurrency)]
-        specs += launcher.gpu_workers(self.gpus or s.gpu_devices)
+        specs += launcher.gpu_workers(self.gpus or s.gpu_devices, prefetch=s.gpu_prefetch)
         if self.flower:
             specs.append(launcher.flower(s.flower_port))
         for spec in specs:

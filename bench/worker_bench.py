@@ -79,6 +79,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--batch-seconds", type=float, default=600.0)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--prefetch", type=int, default=1, help="messages the GPU worker reserves at once")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     dirs = ensure_models(args.models_dir, args.size)
@@ -96,7 +97,7 @@ def main() -> None:
 
     migrate()
     ids, audio = fill(args.batches, args.batch_seconds)
-    (spec,) = launcher.gpu_workers(os.environ.get("CUDA_VISIBLE_DEVICES", "0") or None)
+    (spec,) = launcher.gpu_workers(os.environ.get("CUDA_VISIBLE_DEVICES", "0") or None, prefetch=args.prefetch)
     log_path = work / "gpu-worker.log"
     worker = subprocess.Popen(spec.argv, env={**os.environ, **spec.env}, stdout=open(log_path, "w"),
                               stderr=subprocess.STDOUT)
@@ -127,13 +128,13 @@ def main() -> None:
     other = wall - model
     summary = {"batches": len(ids), "audio_seconds": audio, "wall_s": wall, "model_s": model, "claim_s": claim,
                "read_s": read, "write_s": write, "outside_model_s": other, "overhead_fraction": other / model,
-               "compile": args.compile}
-    rec = Record(system="speechq GPU worker (Celery task in, SQLite rows out)",
+               "compile": args.compile, "prefetch": args.prefetch}
+    rec = Record(system=f"speechq GPU worker (Celery task in, SQLite rows out), prefetch {args.prefetch}",
                  model="SenseVoiceSmall + emotion2vec+ large (16+8)", audio_seconds=audio, wall_seconds=wall,
                  x_realtime=audio / wall, peak_gpu_mem_gb=0.0,
                  notes=f"model {model:.2f} s; claim {claim:.2f}, read {read:.2f}, write {write:.2f}, "
                        f"broker+gaps {other - claim - read - write:.2f} s; overhead {100 * other / model:.1f}% "
-                       f"of model time; compile={args.compile}")
+                       f"of model time; compile={args.compile}; prefetch={args.prefetch}")
     print(table([rec]))
     print(json.dumps(summary, indent=2))
     if args.out:

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     batch_flush_seconds: float = 5.0
     dtype: str = Field("bf16", description="bf16, fp16 or fp32 on CUDA; the CPU always runs fp32.")
     compile: bool = Field(True, description="torch.compile the forwards on CUDA (minutes of warm-up, ~1.5x faster).")
+    gpu_prefetch: int = Field(1, description="Messages a GPU worker reserves at once (contract 3 says 1).")
     gpu_devices: str | None = Field(None, description="Comma-separated CUDA device ids; all visible when unset.")
 
     task_deadline_seconds: float = 600.0

@@ -38,14 +38,15 @@ def celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
 
 
-def gpu_workers(spec: str | None, loglevel: str = "INFO") -> list[Proc]:
+def gpu_workers(spec: str | None, loglevel: str = "INFO", prefetch: int = 1) -> list[Proc]:
     devices = device_ids(spec)
+    extra = ["--prefetch-multiplier", str(prefetch)] if prefetch != 1 else []
     if not devices:  # no CUDA: one gpu-queue worker on the CPU keeps the pipeline whole
         return [Proc("gpu-cpu", celery("worker", "-Q", "gpu", "-c", "1", "-n", "gpu-cpu@%h", "-E",
-                                       "--loglevel", loglevel),
+                                       "--loglevel", loglevel, *extra),
                      {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "gpu"})]
     return [Proc(f"gpu{d}", celery("worker", "-Q", "gpu", "-c", "1", "-n", f"gpu{d}@%h", "-E",
-                                   "--loglevel", loglevel),
+                                   "--loglevel", loglevel, *extra),
                  {"CUDA_VISIBLE_DEVICES": d, "SPEECHQ_WORKER_ROLE": "gpu"}) for d in devices]
 
 

@@ -20,3 +20,10 @@ def test_device_count_runs_in_a_child_process():
     import torch
 
     assert not torch.cuda.is_initialized()
+
+
+def test_prefetch_is_one_unless_asked():
+    (default,) = launcher.gpu_workers("0")
+    assert "--prefetch-multiplier" not in default.argv  # the app's setting: 1 (contract 3)
+    (ahead,) = launcher.gpu_workers("0", prefetch=2)
+    assert ahead.argv[ahead.argv.index("--prefetch-multiplier") + 1] == "2"
