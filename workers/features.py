@@ -8,26 +8,20 @@ as a handful of batched tensor operations with no host round trip.
 from __future__ import annotations
 
 import torch
-from torchaudio.compliance import kaldi
+
+from shared.fbank import LogMel
 
 
 class BatchFrontend(torch.nn.Module):
     def __init__(self, frontend, device: torch.device):
         super().__init__()
-        fs = frontend.fs
-        self.win = int(fs * frontend.frame_length / 1000)
-        self.shift = int(fs * frontend.frame_shift / 1000)
-        self.n_fft = 1 << (self.win - 1).bit_length()
+        self.logmel = LogMel(frontend.n_mels, frontend.fs, frontend.frame_length, frontend.frame_shift, device)
+        self.win, self.shift = self.logmel.win, self.logmel.shift
         self.lfr_m, self.lfr_n = frontend.lfr_m, frontend.lfr_n
         self.scale = float(1 << 15) if getattr(frontend, "upsacle_samples", True) else 1.0
-        mel, _ = kaldi.get_mel_banks(frontend.n_mels, self.n_fft, float(fs), 20.0, 0.0, 100.0, -500.0, 1.0)
-        self.register_buffer("mel", torch.nn.functional.pad(mel, (0, 1)).T.contiguous().to(device))
-        window = torch.hamming_window(self.win, periodic=False, alpha=0.54, beta=0.46, dtype=torch.float64)
-        self.register_buffer("window", window.float().to(device))
         cmvn = frontend.cmvn if frontend.cmvn is not None else torch.stack(
             [torch.zeros(self.out_dim(frontend)), torch.ones(self.out_dim(frontend))])
         self.register_buffer("cmvn", cmvn.float().to(device))
-        self.eps = torch.finfo(torch.float32).eps
 
     @staticmethod
     def out_dim(frontend) -> int:
@@ -42,12 +36,7 @@ class BatchFrontend(torch.nn.Module):
         x = wav.float() * self.scale
         if x.shape[1] < self.win:
             x = torch.nn.functional.pad(x, (0, self.win - x.shape[1]))
-        frames = x.unfold(1, self.win, self.shift)  # (B, F, win)
-        frames = frames - frames.mean(dim=-1, keepdim=True)
-        prev = torch.cat((frames[..., :1], frames[..., :-1]), dim=-1)
-        frames = (frames - 0.97 * prev) * self.window
-        power = torch.fft.rfft(frames, n=self.n_fft).abs().pow(2)
-        logmel = torch.matmul(power, self.mel).clamp_min(self.eps).log()  # (B, F, n_mels)
+        logmel = self.logmel(x)  # (B, F, n_mels)
         b, f, d = logmel.shape
         n_frames = (torch.div(lengths - self.win, self.shift, rounding_mode="floor") + 1).clamp(1, f)
         n_lfr = torch.div(n_frames + self.lfr_n - 1, self.lfr_n, rounding_mode="floor")

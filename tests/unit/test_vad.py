@@ -1,22 +1,141 @@
 import numpy as np
+import pytest
 import soundfile as sf
+import torch
 
 from shared.config import Settings
-from shared.vad import segments, segments_stream, split_long
+from shared.vad import MAX_END_SILENCE_MS, decisions, detector, segments, segments_many, segments_stream, split_long
 from tests.conftest import shared_audio
 
 PUBLISHED = [(70, 2340), (2620, 6200), (6480, 23670), (23950, 26250), (26780, 28990), (29950, 31430),
              (31750, 37600), (38210, 46900), (47310, 49630), (49910, 56460), (56740, 59540), (59820, 70450)]
+DIRECTORY = Settings().vad_model_dir
+
+
+@pytest.fixture(scope="module")
+def automodel():
+    from shared.models.registry import load_automodel
+
+    return load_automodel(DIRECTORY)
+
+
+def funasr_segments(automodel, audio: np.ndarray) -> list[tuple[int, int]]:
+    result = automodel.generate(input=audio, max_end_silence_time=MAX_END_SILENCE_MS, disable_pbar=True)
+    return [tuple(s) for s in result[0]["value"]]
 
 
 def test_vad_example_equals_published_segments():
     audio, rate = sf.read(shared_audio("vad_example.wav"), dtype="float32")
     assert rate == 16000
-    assert segments(audio, Settings().vad_model_dir, max_segment_ms=60000) == PUBLISHED
+    assert segments(audio, DIRECTORY, max_segment_ms=60000, precision="fp32") == PUBLISHED
 
 
-def test_silence_has_no_segments():
-    assert segments(np.zeros(16000 * 2, dtype=np.float32), Settings().vad_model_dir, 30000) == []
+def test_phone_call_equals_funasr_automodel(automodel):
+    audio, _ = sf.read(shared_audio("phone_conversation.wav"), dtype="float32")
+    got = segments_stream((audio[i:i + 16000] for i in range(0, audio.size, 16000)), DIRECTORY, 10**9, "fp32")
+    assert got == funasr_segments(automodel, audio) and got
+
+
+def test_long_recording_and_batched_channels_equal_funasr_automodel(automodel):
+    """211 s crosses funasr's 60 s chunks; continuous speech (pauses cut out) runs into the 60 s
+    segment limit; both go through one batched pass together with a silent channel."""
+    audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")
+    long = np.tile(audio, 3)
+    speech = np.concatenate([audio[s * 16:e * 16] for s, e in PUBLISHED] * 2)  # ~130 s, no long pauses
+    silent = np.zeros(16000 * 5, dtype=np.float32)
+    blocks = lambda x, n: (x[i:i + n] for i in range(0, x.size, n))  # noqa: E731
+    got = segments_many([blocks(long, 7777), blocks(speech, 160001), [silent]], DIRECTORY, 10**9, "fp32")
+    ref_speech = funasr_segments(automodel, speech)
+    assert any(e - s >= 59000 for s, e in ref_speech)  # the limit is exercised
+    assert got == [funasr_segments(automodel, long), ref_speech, []]
+
+
+def test_network_scores_equal_funasr_encoder(automodel):
+    """Our frontend + FSMN forward give funasr's per-frame silence posterior (what its state machine reads)."""
+    audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")
+    model = automodel.model
+    seen = []
+    original = model.ComputeScores
+
+    def record(feats, cache=None):
+        original(feats, cache=cache)
+        seen.append(cache["stats"].scores[0, -feats.shape[1]:, 0].clone())
+
+    model.ComputeScores = record
+    try:
+        funasr_segments(automodel, audio)
+    finally:
+        del model.ComputeScores
+    ref = torch.cat(seen).numpy()
+    det = detector(DIRECTORY, "fp32")
+    from shared.vad.scorer import StreamState
+
+    state = StreamState()
+    feats = [det.scorer.features(state, audio[:500000], False), det.scorer.features(state, audio[500000:], True)]
+    ours = np.concatenate([det.scorer.silence([state], [f])[0] for f in feats])
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def _funasr_machine(automodel, silence_prob: np.ndarray) -> list[tuple[int, int]]:
+    """funasr's own state machine fed with given per-frame silence posteriors (network bypassed)."""
+    model = automodel.model
+    n = silence_prob.size
+    scores = torch.full((1, n, 248), 1e-6)
+    scores[0, :, 0] = torch.from_numpy(silence_prob)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, feats, cache=None):
+            return scores
+
+    encoder = model.encoder
+    model.encoder = Fixed()
+    try:
+        cache = {}
+        model.init_cache(cache, max_end_silence_time=MAX_END_SILENCE_MS)
+        out = model.forward(feats=torch.zeros(1, n, 400), waveform=torch.zeros(1, (n - 1) * 160 + 400), cache=cache,
+                            is_final=True, is_streaming_input=False)
+    finally:
+        model.encoder = encoder
+    return [tuple(s) for s in (out[0] if out else [])]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_vectorised_state_machine_equals_funasr_loop(automodel, seed):
+    """Random speech/silence runs (short blips, pauses around the end-silence limit, speech past the
+    60 s segment limit, values at the 0.2 threshold): same segments as funasr's per-frame loop."""
+    rng = np.random.default_rng(seed)
+    runs, speaking = [], bool(seed % 2)
+    while sum(len(r) for r in runs) < 12000:
+        if speaking:
+            length = int(rng.choice([rng.integers(1, 30), rng.integers(30, 900), rng.integers(6000, 6500)],
+                                    p=[0.3, 0.65, 0.05]))
+            values = rng.uniform(0.0, 0.19, length)
+        else:
+            length = int(rng.choice([rng.integers(1, 20), rng.integers(55, 75), rng.integers(75, 400)]))
+            values = rng.uniform(0.21, 1.0, length)
+        flips = rng.random(length) < 0.08  # isolated wrong frames inside runs
+        values[flips] = 1.0 - values[flips]
+        edge = rng.random(length) < 0.01
+        values[edge] = np.float32(0.2)
+        runs.append(values)
+        speaking = not speaking
+    prob = np.concatenate(runs).astype(np.float32)
+    rules = decisions.Rules.from_options(automodel.model.vad_opts, MAX_END_SILENCE_MS)
+    assert decisions.segments(decisions.speech_frames(prob, rules), rules) == _funasr_machine(automodel, prob)
+
+
+def test_bf16_moves_boundaries_by_one_frame_at_most():
+    audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")
+    got = segments(audio, DIRECTORY, 10**9, precision="bf16")
+    assert len(got) == len(PUBLISHED)
+    assert all(abs(a - c) <= 10 and abs(b - d) <= 10 for (a, b), (c, d) in zip(got, PUBLISHED))
+
+
+def test_silence_and_short_input_have_no_segments():
+    assert segments(np.zeros(16000 * 2, dtype=np.float32), DIRECTORY, 30000) == []
+    assert segments(np.zeros(100, dtype=np.float32), DIRECTORY, 30000) == []
+    assert segments(np.zeros(0, dtype=np.float32), DIRECTORY, 30000) == []
 
 
 def test_split_long():
@@ -24,22 +143,3 @@ def test_split_long():
     assert split_long([(5, 100)], 400) == [(5, 100)]
     pieces = split_long([(6480, 23670)], 5000)
     assert all(e - s <= 5000 for s, e in pieces) and pieces[0][0] == 6480 and pieces[-1][1] == 23670
-
-
-def test_streamed_vad_equals_offline_across_chunk_boundaries():
-    audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")
-    long = np.tile(audio, 3)  # 211 s: crosses the VAD's 60 s chunks three times
-    blocks = (long[i:i + 7777] for i in range(0, long.size, 7777))
-    directory = Settings().vad_model_dir
-    assert segments_stream(blocks, directory, 600000) == segments(long, directory, 600000)
-
-
-def test_phone_call_equals_funasr_automodel():
-    from shared.models.registry import load_automodel
-    from shared.vad import MAX_END_SILENCE_MS
-
-    audio, _ = sf.read(shared_audio("phone_conversation.wav"), dtype="float32")
-    directory = Settings().vad_model_dir
-    ref = load_automodel(directory).generate(input=audio, max_end_silence_time=MAX_END_SILENCE_MS)[0]["value"]
-    got = segments_stream((audio[i:i + 16000] for i in range(0, audio.size, 16000)), directory, 10**9)
-    assert got == [tuple(s) for s in ref] and got

@@ -1,0 +1,115 @@
+"""Speech segments from FSMN-VAD (real weights, vendored), for many streams at once.
+
+funasr builds and loads the model (its config, weights, CMVN and options); speechq runs the
+frontend and network batched across streams (`scorer`) and the post-processing vectorised
+(`decisions`). The segments equal funasr AutoModel's with `max_end_silence_time=800`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.vad import decisions
+from shared.vad.scorer import Scorer, StreamState
+
+_local = threading.local()
+MAX_END_SILENCE_MS = 800
+CHUNK_SAMPLES = 60 * 16000  # work in 60 s blocks per stream: bounded memory whatever the length
+
+
+class Detector:
+    def __init__(self, directory: Path, dtype: torch.dtype = torch.float32):
+        from shared.models.registry import load_automodel
+
+        auto = load_automodel(directory, device="cpu")
+        self.scorer = Scorer(auto.model, auto.kwargs["frontend"], dtype=dtype)
+        self.rules = decisions.Rules.from_options(auto.model.vad_opts, MAX_END_SILENCE_MS)
+
+    def run(self, streams: list[Iterable[np.ndarray]]) -> list[list[tuple[int, int]]]:
+        """Segments (ms) of each 16 kHz mono float32 stream; all streams go through the network together."""
+        feeds = [_blocks(s) for s in streams]
+        states = [StreamState() for _ in streams]
+        speech: list[list[np.ndarray]] = [[] for _ in streams]
+        active = list(range(len(streams)))
+        while active:
+            feats, still = [], []
+            for i in active:
+                block, final = next(feeds[i], (None, True))
+                feats.append(self.scorer.features(states[i], block if block is not None else np.zeros(0, np.float32),
+                                                  final))
+                if not final:
+                    still.append(i)
+            probs = self.scorer.silence([states[i] for i in active], feats)
+            for i, p in zip(active, probs):
+                speech[i].append(decisions.speech_frames(p, self.rules))
+            active = still
+        out = []
+        for flags, state in zip(speech, states):
+            if state.samples < self.scorer.logmel.win:
+                out.append([])
+                continue
+            out.append(decisions.segments(np.concatenate(flags), self.rules))
+        return out
+
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def detector(directory: Path, precision: str | None = None) -> Detector:
+    """This thread's detector for a model folder (built once: funasr loads and checks the weights)."""
+    if precision is None:
+        from shared.config import get_settings
+
+        precision = get_settings().vad_precision
+    key = (str(directory), precision)
+    cached = getattr(_local, "vad", None)
+    if cached is None or cached[0] != key:
+        cached = (key, Detector(Path(directory), PRECISIONS[precision]))
+        _local.vad = cached
+    return cached[1]
+
+
+def _blocks(stream: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]]:
+    """Re-cut a stream into CHUNK_SAMPLES blocks, each with a flag saying whether it is the last."""
+    pending = np.zeros(0, dtype=np.float32)
+    for block in stream:
+        block = np.asarray(block, dtype=np.float32).reshape(-1)
+        pending = np.concatenate((pending, block)) if pending.size else block
+        while pending.size > CHUNK_SAMPLES:  # keep at least one sample back for the last block
+            yield pending[:CHUNK_SAMPLES], False
+            pending = pending[CHUNK_SAMPLES:]
+    yield pending, True
+
+
+def segments_many(streams: list[Iterable[np.ndarray]], directory: Path, max_segment_ms: int,
+                  precision: str | None = None) -> list[list[tuple[int, int]]]:
+    """Segments of several streams (the channels of one or more calls) in one batched pass."""
+    return [split_long(spans, max_segment_ms) for spans in detector(directory, precision).run(streams)]
+
+
+def segments_stream(blocks: Iterable[np.ndarray], directory: Path, max_segment_ms: int,
+                    precision: str | None = None) -> list[tuple[int, int]]:
+    """Segments of 16 kHz mono audio that arrives in blocks (any sizes), with bounded memory."""
+    return segments_many([blocks], directory, max_segment_ms, precision)[0]
+
+
+def segments(audio: np.ndarray, directory: Path, max_segment_ms: int,
+             precision: str | None = None) -> list[tuple[int, int]]:
+    """[(start_ms, end_ms), ...] of speech in 16 kHz float32 mono audio; long ones split."""
+    return segments_stream([audio], directory, max_segment_ms, precision)
+
+
+def split_long(spans: list[tuple[int, int]], max_ms: int) -> list[tuple[int, int]]:
+    """Cut segments longer than max_ms into near-equal pieces no longer than max_ms."""
+    out = []
+    for start, end in spans:
+        pieces = max(1, -(-(end - start) // max_ms))
+        step = (end - start) / pieces
+        edges = [start + round(i * step) for i in range(pieces)] + [end]
+        out.extend(zip(edges[:-1], edges[1:]))
+    return out
