@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     batch_flush_seconds: float = 5.0
     dtype: str = Field("bf16", description="bf16, fp16 or fp32 on CUDA; the CPU always runs fp32.")
     compile: bool = Field(True, description="torch.compile the forwards on CUDA (minutes of warm-up, ~1.5x faster).")
+    gpu_write_behind: bool = Field(True, description="Store a batch's results on a side thread while the GPU "
+                                                     "runs the next batch.")
     gpu_prefetch: int = Field(1, description="Messages a GPU worker reserves at once (contract 3 says 1).")
     gpu_devices: str | None = Field(None, description="Comma-separated CUDA device ids; all visible when unset.")
 

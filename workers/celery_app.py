@@ -27,6 +27,7 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     worker_hijack_root_logger=False,
+    beat_schedule_filename=str(settings.data_dir.resolve() / "celerybeat-schedule"),  # not in the cwd
     beat_schedule={
         "reconcile": {"task": "workers.reconcile.reconcile", "schedule": settings.reconcile_interval_seconds},
     },

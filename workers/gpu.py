@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy import delete, insert, or_, select, update
 
 from shared.config import get_settings
@@ -31,6 +33,42 @@ log = logging.getLogger(__name__)
 def _load_models(**_kwargs):
     if os.environ.get("SPEECHQ_WORKER_ROLE") == "gpu":
         get_engine(get_settings())
+
+
+class WriteBehind:
+    """Stores one batch's results on a side thread while the GPU runs the next batch.
+
+    At most one write is in flight: a task first waits for the previous one. The task's message is
+    acked when the task returns, which may be before its rows are committed; if the process dies in
+    between, the batch stays `running` in the database and the reconciler re-enqueues it after the
+    deadline (the database, not the broker, is the record of what is done).
+    """
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="speechq-write")
+        self._pending: Future | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn, *args) -> None:
+        with self._lock:
+            self.wait()
+            self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception:  # the batch stays `running`; the reconciler retries it
+                log.exception("writing a batch's results failed; the reconciler will run it again")
+
+
+_write_behind = WriteBehind()
+
+
+@worker_process_shutdown.connect
+def _flush_writes(**_kwargs):
+    _write_behind.wait()
 
 
 def model_version_id(db, prov) -> int:
@@ -101,16 +139,26 @@ def run_batch(self, batch_id: str) -> None:
             os._exit(70)  # the message is not acked: it is redelivered to a healthy worker
         raise
     t3 = time.perf_counter()
-    ended = write_results(batch_id, ids, results, engine)
+    self.send_event("task-progress", batch=batch_id, segments=len(ids), audio_seconds=batch.audio_seconds,
+                    seconds=round(t3 - t0, 3))
+    timing = (t0, t1, t2, t3)
+    if settings.gpu_write_behind:
+        _write_behind.submit(store, batch, ids, results, engine, timing)
+    else:
+        store(batch, ids, results, engine, timing)
+
+
+def store(batch: Batch, ids: list[str], results, engine, timing: tuple[float, float, float, float]) -> None:
+    t0, t1, t2, t3 = timing
+    settings = get_settings()
+    ended = write_results(batch.id, ids, results, engine)
     remove_batch(Path(batch.path))
     spool = Spool(settings.spool)
     for job_id in ended:
         spool.clean_job(job_id)
     t4 = time.perf_counter()
-    self.send_event("task-progress", batch=batch_id, segments=len(ids), audio_seconds=batch.audio_seconds,
-                    seconds=round(t4 - t0, 3))
     log.info("batch %s: %d segments, %.1f s audio; claim %.3f s, read %.3f s, model %.3f s, write %.3f s",
-             batch_id, len(ids), batch.audio_seconds, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+             batch.id, len(ids), batch.audio_seconds, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
 
 
 def write_results(batch_id: str, ids: list[str], results, engine) -> list[str]:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from shared.config import get_settings
+
 
 @dataclass
 class Proc:
@@ -53,6 +55,7 @@ def gpu_workers(spec: str | None, loglevel: str = "INFO", prefetch: int = 1) -> 
 def ingest_worker(concurrency: int, beat: bool = True, loglevel: str = "INFO") -> Proc:
     args = ["worker", "-Q", "ingest", "-c", str(concurrency), "-n", "ingest@%h", "-E", "--loglevel", loglevel]
     if beat:
+        get_settings().data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule file there
         args.append("-B")  # the reconciler's schedule; run exactly one beat per deployment
     return Proc("ingest", celery(*args), {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "ingest"})
 
