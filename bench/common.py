@@ -14,12 +14,16 @@ import numpy as np
 
 
 def commit() -> str:
+    """The commit measured: bench/COMMIT when present (written before a device run, whose copy of the
+    tree may carry a stale .git), else git's HEAD."""
+    stamp = Path(__file__).resolve().parent / "COMMIT"
+    if stamp.exists():
+        return stamp.read_text().strip()
     try:
         return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
     except (subprocess.SubprocessError, FileNotFoundError):
-        return (Path(__file__).resolve().parent / "COMMIT").read_text().strip() \
-            if (Path(__file__).resolve().parent / "COMMIT").exists() else "unknown"
+        return "unknown"
 
 
 def utterances(n: int, seed: int = 0, low: float = 3.0, high: float = 15.0, rate: int = 16000) -> list[np.ndarray]:
