@@ -1,3 +1,9 @@
+"""How FSMN-VAD ingest scales with processes on one host (one thread each).
+
+Each process resamples bench/.audio/call.flac (a FLAC copy of the synthesised call, not in the
+repository: write it with shared.samples) to 16 kHz, tiles it to ~10 min and runs both channels
+through the batched VAD. Usage: python bench/vad_scaling.py 1 4 8 16
+"""
 import os, subprocess, sys, time
 code = """
 import numpy as np, soundfile as sf, time, torch, soxr
