@@ -67,13 +67,12 @@ def create_job(db: Session, settings: Settings, items: list[Incoming], *, name: 
 
 def enqueue(file_ids: list[str], archive_ids: list[str]) -> None:
     """After the commit: the rows exist before any worker can see a message about them."""
+    from workers import ingest
     from workers.archives import expand_archive
-    from workers.ingest import ingest_file
 
     for archive_id in archive_ids:
         expand_archive.apply_async((archive_id,), queue="ingest")
-    for file_id in file_ids:
-        ingest_file.apply_async((file_id,), queue="ingest")
+    ingest.enqueue(file_ids)
 
 
 def resolve_server_path(settings: Settings, raw: str) -> Path:

@@ -66,12 +66,15 @@ def child(path: str, precision: str, automodel: bool) -> None:
     t0 = time.perf_counter()
     info = check(f, settings)
     paths, _ = decode_to_spool(f, info, spool)
+    scorer = vad.detector(settings.vad_model_dir, precision).scorer
+    seen = (scorer.rechecked, scorer.frames)
     t1 = time.perf_counter()
     spans = vad.segments_many([read_raw(p, vad.CHUNK_SAMPLES) for p in paths], settings.vad_model_dir, max_ms,
                               precision)
     t2 = time.perf_counter()
     out = {"audio_s": info.duration_s * info.channels, "decode_s": t1 - t0, "vad_s": t2 - t1,
-           "segments": sum(len(s) for s in spans), "rss_gb": peak_rss_kib() / 2**20}
+           "segments": sum(len(s) for s in spans), "rss_gb": peak_rss_kib() / 2**20,
+           "rechecked": (scorer.rechecked - seen[0]) / max(1, scorer.frames - seen[1])}
     if automodel:  # funasr AutoModel on the same decoded channels, as its README runs it
         from shared.models.registry import load_automodel
         from shared.storage import channel_samples
@@ -120,7 +123,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--long-hours", type=float, default=3.0, help="0 skips the long call")
     p.add_argument("--workers", type=int, default=1, help="single-threaded processes at once (cores used)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["auto", "fp32", "mixed", "bf16"], default="auto")
     p.add_argument("--automodel", action="store_true", help="also time funasr AutoModel and compare segments")
     p.add_argument("--source", type=Path, default=None, help="tile this recording instead of synthesising calls")
     p.add_argument("--out", type=Path, default=None)
@@ -128,6 +131,9 @@ def main() -> None:
     if args.child:
         child(args.child, args.precision, args.automodel)
         return
+    from shared.vad import resolve_precision
+
+    precision = resolve_precision(args.precision)
     work = Path(tempfile.mkdtemp(prefix="speechq-ingest-bench-"))
     records = []
     cpu = platform_cpu()
@@ -139,18 +145,19 @@ def main() -> None:
         copies = [path] + [path.with_name(f"{path.stem}-{i}.wav") for i in range(1, workers)]
         for c in copies[1:]:
             c.hardlink_to(path)
-        results, wall = run(copies, args.precision, args.automodel and workers == 1)
+        results, wall = run(copies, precision, args.automodel and workers == 1)
         audio = sum(r["audio_s"] for r in results)
         r = results[0]
         busy = max(r["decode_s"] + r["vad_s"] for r in results)
         notes = (f"{label}, 2 channels, {workers} process(es) x 1 thread on {cpu}; decode {r['decode_s']:.1f} s, "
-                 f"VAD {r['vad_s']:.1f} s, {r['segments']} segments; peak RSS {max(x['rss_gb'] for x in results):.2f} GiB")
+                 f"VAD {r['vad_s']:.1f} s, {r['segments']} segments, {100 * r['rechecked']:.1f}% of frames "
+                 f"recomputed in fp32; peak RSS {max(x['rss_gb'] for x in results):.2f} GiB")
         ratio = None
         if "automodel_s" in r:
             ratio = (r["audio_s"] / (r["decode_s"] + r["vad_s"])) / (r["audio_s"] / (r["decode_s"] + r["automodel_s"]))
             notes += (f"; funasr AutoModel VAD {r['automodel_s']:.1f} s, segments identical: {r['same_segments']}"
                       f" ({r['boundaries_moved']} differ)")
-        records.append(Record(system="ingest", model=f"decode + FSMN-VAD (speechq, {args.precision})",
+        records.append(Record(system="ingest", model=f"decode + FSMN-VAD (speechq, {precision})",
                               audio_seconds=audio, wall_seconds=busy, x_realtime=audio / busy / workers,
                               ratio_to_automodel=ratio, peak_gpu_mem_gb=0.0, gpu="none (CPU)",
                               notes=notes + f"; x_realtime is per core; all {workers} together {audio / busy:.0f}x"))

@@ -29,9 +29,12 @@ class Settings(BaseSettings):
     spool_dir: Path | None = Field(None, description="Shared storage for uploads and batch audio.")
     models_dir: Path | None = Field(None, description="Where model directories live.")
     vad_model_dir: Path = ASSETS / "fsmn-vad"
-    vad_precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="FSMN-VAD network on the CPU: fp32 (segments identical to funasr's) or bf16 "
-                            "(AVX-512 BF16, about 2x faster; now and then a boundary moves by one 10 ms frame).")
+    vad_precision: Literal["auto", "fp32", "mixed", "bf16"] = Field(
+        "auto", description="FSMN-VAD network on the CPU. fp32 and mixed (bf16, with frames near the decision "
+                            "threshold recomputed in fp32) give funasr's segments; bf16 alone now and then moves "
+                            "a boundary by one 10 ms frame. auto: mixed on CPUs with native bf16, else fp32.")
+    ingest_group_files: int = Field(
+        4, ge=1, description="Files one ingest task takes at once: the VAD runs on all their channels together.")
     sensevoice_model_dir: Path | None = None
     emotion2vec_model_dir: Path | None = None
 

@@ -106,7 +106,7 @@ def members(path: Path):
 
 @app.task(name="workers.archives.expand_archive")
 def expand_archive(archive_id: str) -> None:
-    from workers.ingest import ingest_file
+    from workers import ingest
 
     settings = get_settings()
     with session_scope() as db:
@@ -177,8 +177,6 @@ def expand_archive(archive_id: str) -> None:
         log.warning("archive %s: %s", archive.name, error)
     for n in inner:
         expand_archive.apply_async((n["id"],), queue="ingest")
-    for r in fresh:
-        if r.get("state") == FileState.queued:
-            ingest_file.apply_async((r["id"],), queue="ingest")
+    ingest.enqueue([r["id"] for r in fresh if r.get("state") == FileState.queued])
     log.info("expanded %s: %d members, %d queued", archive.name, len(new),
              sum(1 for r in fresh if r.get("state") == FileState.queued))

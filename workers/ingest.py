@@ -1,8 +1,9 @@
-"""CPU stage, queue "ingest": probe, decode each channel, segment with FSMN-VAD, then pack."""
+"""CPU stage, queue "ingest": probe, decode each channel, segment with FSMN-VAD (several calls at once), then pack."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -105,31 +106,65 @@ def decode_to_spool(f: File, info: audio.AudioInfo, spool: Spool) -> tuple[list[
     return paths, samples
 
 
-@app.task(bind=True, name="workers.ingest.ingest_file")
-def ingest_file(self, file_id: str) -> None:
+@dataclass
+class Decoded:
+    file: File
+    info: audio.AudioInfo
+    paths: list[Path]
+    samples: int
+
+
+def enqueue(file_ids: list[str]) -> None:
+    """Send files to the ingest queue in groups of at most SPEECHQ_INGEST_GROUP_FILES, spread evenly,
+    so that one worker runs the VAD on the channels of several calls in one batched pass."""
+    if not file_ids:
+        return
+    size = get_settings().ingest_group_files
+    groups = -(-len(file_ids) // size)
+    for i in range(groups):
+        ingest_files.apply_async((file_ids[i::groups],), queue="ingest")
+
+
+@app.task(bind=True, name="workers.ingest.ingest_files")
+def ingest_files(self, file_ids: list[str]) -> None:
+    """Decode each file of the group to the spool (a bad file fails alone), run every channel of
+    every decoded file through FSMN-VAD together, then store each file in its own transaction."""
     settings = get_settings()
-    f = claim_file(file_id)
-    if f is None:
-        return
     spool = Spool(settings.spool)
-    try:
-        info = check(f, settings)
-        paths, samples = decode_to_spool(f, info, spool)
-        if samples < 1:
-            raise audio.AudioError("no audio samples decoded (zero-length audio)")
-    except audio.AudioError as exc:
-        with session_scope() as db:
-            _fail(db, db.get(File, file_id), str(exc))
+    decoded: list[Decoded] = []
+    for file_id in file_ids:
+        f = claim_file(file_id)
+        if f is None:
+            continue
+        try:
+            info = check(f, settings)
+            paths, samples = decode_to_spool(f, info, spool)
+            if samples < 1:
+                raise audio.AudioError("no audio samples decoded (zero-length audio)")
+        except audio.AudioError as exc:
+            with session_scope() as db:
+                _fail(db, db.get(File, file_id), str(exc))
+            continue
+        decoded.append(Decoded(f, info, paths, samples))
+    if not decoded:
         return
+    streams = [read_raw(p, vad.CHUNK_SAMPLES) for d in decoded for p in d.paths]
+    spans = vad.segments_many(streams, settings.vad_model_dir, int(settings.max_segment_seconds * 1000))
+    at = 0
+    for d in decoded:
+        total = _store(d, spans[at:at + len(d.paths)], settings)
+        at += len(d.paths)
+        self.send_event("task-progress", file=d.file.name, channels=len(d.paths), segments=total)
+    packing.pack_pending()
+
+
+def _store(d: Decoded, spans_per_channel: list[list[tuple[int, int]]], settings) -> int:
+    """Channels and segments of one file, in one transaction; returns the number of segments."""
+    f, info, samples = d.file, d.info, d.samples
     with session_scope() as db:
-        job = db.get(Job, f.job_id)
-        labels = settings.labels(job.channel_labels)
+        labels = settings.labels(db.get(Job, f.job_id).channel_labels)
     rows = []
-    total_segments = 0
-    # every channel of the call goes through FSMN-VAD together, one batched network pass per block
-    all_spans = vad.segments_many([read_raw(p, vad.CHUNK_SAMPLES) for p in paths], settings.vad_model_dir,
-                                  int(settings.max_segment_seconds * 1000))
-    for index, (path, spans) in enumerate(zip(paths, all_spans)):
+    for index, (path, spans) in enumerate(zip(d.paths, spans_per_channel)):
         label = labels[index] if index < len(labels) else f"ch{index}"
         channel = Channel(file_id=f.id, index=index, label=label, duration_s=samples / SAMPLE_RATE,
                           speech_s=sum(e - s for s, e in spans) / 1000.0)
@@ -138,8 +173,7 @@ def ingest_file(self, file_id: str) -> None:
         else:
             path.unlink(missing_ok=True)
         rows.append((channel, spans))
-        total_segments += len(spans)
-    self.send_event("task-progress", file=f.name, channels=len(paths), segments=total_segments)
+    total = sum(len(spans) for _, spans in rows)
     with session_scope() as db:
         progress.lock_jobs(db, [f.job_id])
         db.query(Channel).filter(Channel.file_id == f.id).delete()  # a retried ingest starts clean
@@ -152,12 +186,11 @@ def ingest_file(self, file_id: str) -> None:
             db.add_all(Segment(job_id=f.job_id, file_id=f.id, channel_id=channel.id, start_ms=s, end_ms=e)
                        for s, e in spans)
         fr.state = FileState.segmented
-        if not total_segments:
+        if not total:
             fr.state, fr.error = FileState.done, "no speech detected in any channel"
         progress.settle(db, [f.job_id])
-    log.info("ingested %s: %d channel(s), %.1f s, %d segments", f.name, len(rows), samples / SAMPLE_RATE,
-             total_segments)
-    packing.pack_pending()
+    log.info("ingested %s: %d channel(s), %.1f s, %d segments", f.name, len(rows), samples / SAMPLE_RATE, total)
+    return total
 
 
 @app.task(name="workers.ingest.pack")

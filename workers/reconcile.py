@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def reconcile() -> dict:
     from workers.archives import expand_archive
     from workers.gpu import run_batch
-    from workers.ingest import ingest_file
+    from workers import ingest
 
     settings = get_settings()
     stale = utcnow() - timedelta(seconds=settings.task_deadline_seconds)
@@ -46,8 +46,7 @@ def reconcile() -> dict:
         progress.settle(db, running)
     for archive_id in archives:
         expand_archive.apply_async((archive_id,), queue="ingest")
-    for file_id in files:
-        ingest_file.apply_async((file_id,), queue="ingest")
+    ingest.enqueue(files)
     for batch_id in batches:
         run_batch.apply_async((batch_id,), queue="gpu")
     packed = packing.pack_pending()

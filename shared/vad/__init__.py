@@ -23,12 +23,15 @@ CHUNK_SAMPLES = 60 * 16000  # work in 60 s blocks per stream: bounded memory wha
 
 
 class Detector:
-    def __init__(self, directory: Path, dtype: torch.dtype = torch.float32):
+    def __init__(self, directory: Path, precision: str = "fp32"):
         from shared.models.registry import load_automodel
 
+        dtype, checked = PRECISIONS[precision]
         auto = load_automodel(directory, device="cpu")
-        self.scorer = Scorer(auto.model, auto.kwargs["frontend"], dtype=dtype)
         self.rules = decisions.Rules.from_options(auto.model.vad_opts, MAX_END_SILENCE_MS)
+        self.precision = precision
+        self.scorer = Scorer(auto.model, auto.kwargs["frontend"], dtype=dtype,
+                             pivot=self.rules.pivot if checked else None)
 
     def run(self, streams: list[Iterable[np.ndarray]]) -> list[list[tuple[int, int]]]:
         """Segments (ms) of each 16 kHz mono float32 stream; all streams go through the network together."""
@@ -57,7 +60,26 @@ class Detector:
         return out
 
 
-PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# network dtype, and whether frames near the decision threshold are recomputed in fp32
+PRECISIONS = {"fp32": (torch.float32, False), "mixed": (torch.bfloat16, True), "bf16": (torch.bfloat16, False)}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` is `mixed` on CPUs with native bf16, else `fp32` (both give funasr's segments)."""
+    if precision == "auto":
+        return "mixed" if cpu_has_bf16() else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown VAD precision {precision!r}; one of auto, {', '.join(PRECISIONS)}")
+    return precision
 
 
 def detector(directory: Path, precision: str | None = None) -> Detector:
@@ -66,10 +88,11 @@ def detector(directory: Path, precision: str | None = None) -> Detector:
         from shared.config import get_settings
 
         precision = get_settings().vad_precision
+    precision = resolve_precision(precision)
     key = (str(directory), precision)
     cached = getattr(_local, "vad", None)
     if cached is None or cached[0] != key:
-        cached = (key, Detector(Path(directory), PRECISIONS[precision]))
+        cached = (key, Detector(Path(directory), precision))
         _local.vad = cached
     return cached[1]
 

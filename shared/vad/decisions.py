@@ -38,6 +38,11 @@ class Rules:
     max_frames: float     # a segment ends once it is longer than this many frames
     speech_noise_thres: float
 
+    @property
+    def pivot(self) -> float:
+        """The silence posterior at which a frame's decision flips: speech iff 1 - p >= p + threshold."""
+        return (1.0 - self.speech_noise_thres) / 2.0
+
     @classmethod
     def from_options(cls, o, max_end_silence_ms: int) -> "Rules":
         """From funasr's VADXOptions, with a fixed end silence as speechq passes it."""

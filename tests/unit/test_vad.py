@@ -4,7 +4,9 @@ import soundfile as sf
 import torch
 
 from shared.config import Settings
-from shared.vad import MAX_END_SILENCE_MS, decisions, detector, segments, segments_many, segments_stream, split_long
+from shared.vad import (MAX_END_SILENCE_MS, Detector, cpu_has_bf16, decisions, detector, resolve_precision, segments,
+                        segments_many, segments_stream, split_long)
+from shared.vad.scorer import StreamState
 from tests.conftest import shared_audio
 
 PUBLISHED = [(70, 2340), (2620, 6200), (6480, 23670), (23950, 26250), (26780, 28990), (29950, 31430),
@@ -24,19 +26,25 @@ def funasr_segments(automodel, audio: np.ndarray) -> list[tuple[int, int]]:
     return [tuple(s) for s in result[0]["value"]]
 
 
-def test_vad_example_equals_published_segments():
+EXACT = ["fp32", "mixed"]  # the precisions that must give funasr's segments
+
+
+@pytest.mark.parametrize("precision", EXACT)
+def test_vad_example_equals_published_segments(precision):
     audio, rate = sf.read(shared_audio("vad_example.wav"), dtype="float32")
     assert rate == 16000
-    assert segments(audio, DIRECTORY, max_segment_ms=60000, precision="fp32") == PUBLISHED
+    assert segments(audio, DIRECTORY, max_segment_ms=60000, precision=precision) == PUBLISHED
 
 
-def test_phone_call_equals_funasr_automodel(automodel):
+@pytest.mark.parametrize("precision", EXACT)
+def test_phone_call_equals_funasr_automodel(automodel, precision):
     audio, _ = sf.read(shared_audio("phone_conversation.wav"), dtype="float32")
-    got = segments_stream((audio[i:i + 16000] for i in range(0, audio.size, 16000)), DIRECTORY, 10**9, "fp32")
+    got = segments_stream((audio[i:i + 16000] for i in range(0, audio.size, 16000)), DIRECTORY, 10**9, precision)
     assert got == funasr_segments(automodel, audio) and got
 
 
-def test_long_recording_and_batched_channels_equal_funasr_automodel(automodel):
+@pytest.mark.parametrize("precision", EXACT)
+def test_long_recording_and_batched_channels_equal_funasr_automodel(automodel, precision):
     """211 s crosses funasr's 60 s chunks; continuous speech (pauses cut out) runs into the 60 s
     segment limit; both go through one batched pass together with a silent channel."""
     audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")
@@ -44,7 +52,7 @@ def test_long_recording_and_batched_channels_equal_funasr_automodel(automodel):
     speech = np.concatenate([audio[s * 16:e * 16] for s, e in PUBLISHED] * 2)  # ~130 s, no long pauses
     silent = np.zeros(16000 * 5, dtype=np.float32)
     blocks = lambda x, n: (x[i:i + n] for i in range(0, x.size, n))  # noqa: E731
-    got = segments_many([blocks(long, 7777), blocks(speech, 160001), [silent]], DIRECTORY, 10**9, "fp32")
+    got = segments_many([blocks(long, 7777), blocks(speech, 160001), [silent]], DIRECTORY, 10**9, precision)
     ref_speech = funasr_segments(automodel, speech)
     assert any(e - s >= 59000 for s, e in ref_speech)  # the limit is exercised
     assert got == [funasr_segments(automodel, long), ref_speech, []]
@@ -130,6 +138,38 @@ def test_bf16_moves_boundaries_by_one_frame_at_most():
     got = segments(audio, DIRECTORY, 10**9, precision="bf16")
     assert len(got) == len(PUBLISHED)
     assert all(abs(a - c) <= 10 and abs(b - d) <= 10 for (a, b), (c, d) in zip(got, PUBLISHED))
+
+
+def _posteriors(det, audio: np.ndarray, block: int) -> np.ndarray:
+    state, out = StreamState(), []
+    for i in range(0, audio.size, block):
+        chunk = audio[i:i + block]
+        out.append(det.scorer.silence([state], [det.scorer.features(state, chunk, i + block >= audio.size)])[0])
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("block", [1600, 16000 * 7])
+def test_mixed_precision_recomputes_frames_near_the_threshold_exactly(block):
+    """Frames whose bf16 posterior is near the pivot get fp32's value, though only `reach` earlier
+    frames are recomputed (1,600-sample blocks are 10 frames, fewer than the reach: the carried
+    context spans several steps). bf16's own error stays well inside the margin."""
+    audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")
+    exact = _posteriors(Detector(DIRECTORY, "fp32"), audio, block)
+    fast = _posteriors(Detector(DIRECTORY, "bf16"), audio, block)
+    det = Detector(DIRECTORY, "mixed")
+    mixed = _posteriors(det, audio, block)
+    near = np.abs(fast - det.rules.pivot) < det.scorer.margin
+    assert 0 < near.sum() == det.scorer.rechecked and det.scorer.frames == exact.size
+    np.testing.assert_allclose(mixed[near], exact[near], atol=1e-5)
+    np.testing.assert_array_equal(mixed[~near], fast[~near])
+    assert np.abs(fast - exact).max() < det.scorer.margin / 2
+
+
+def test_precision_setting():
+    assert resolve_precision("auto") == ("mixed" if cpu_has_bf16() else "fp32")
+    assert resolve_precision("fp32") == "fp32"
+    with pytest.raises(ValueError, match="unknown VAD precision"):
+        resolve_precision("int4")
 
 
 def test_silence_and_short_input_have_no_segments():
