@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.common import Record, save, table
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "PYTHONPATH": os.environ.get("PYTHONPATH", ".")}
 
 
