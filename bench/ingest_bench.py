@@ -68,13 +68,15 @@ def child(path: str, precision: str, automodel: bool) -> None:
     paths, _ = decode_to_spool(f, info, spool)
     scorer = vad.detector(settings.vad_model_dir, precision).scorer
     seen = (scorer.rechecked, scorer.frames)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t1 = time.perf_counter()
     spans = vad.segments_many([read_raw(p, vad.CHUNK_SAMPLES) for p in paths], settings.vad_model_dir, max_ms,
                               precision)
     t2 = time.perf_counter()
     out = {"audio_s": info.duration_s * info.channels, "decode_s": t1 - t0, "vad_s": t2 - t1,
            "segments": sum(len(s) for s in spans), "rss_gb": peak_rss_kib() / 2**20,
-           "rechecked": (scorer.rechecked - seen[0]) / max(1, scorer.frames - seen[1])}
+           "rechecked": (scorer.rechecked - seen[0]) / max(1, scorer.frames - seen[1]),
+           "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults}
     if automodel:  # funasr AutoModel on the same decoded channels, as its README runs it
         from shared.models.registry import load_automodel
         from shared.storage import channel_samples
@@ -151,7 +153,7 @@ def main() -> None:
         busy = max(r["decode_s"] + r["vad_s"] for r in results)
         notes = (f"{label}, 2 channels, {workers} process(es) x 1 thread on {cpu}; decode {r['decode_s']:.1f} s, "
                  f"VAD {r['vad_s']:.1f} s, {r['segments']} segments, {100 * r['rechecked']:.1f}% of frames "
-                 f"recomputed in fp32; peak RSS {max(x['rss_gb'] for x in results):.2f} GiB")
+                 f"recomputed in fp32, {r['minor_faults'] / 1e6:.2f} M page faults; peak RSS {max(x['rss_gb'] for x in results):.2f} GiB")
         ratio = None
         if "automodel_s" in r:
             ratio = (r["audio_s"] / (r["decode_s"] + r["vad_s"])) / (r["audio_s"] / (r["decode_s"] + r["automodel_s"]))

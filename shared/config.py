@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         "auto", description="FSMN-VAD network on the CPU. fp32 and mixed (bf16, with frames near the decision "
                             "threshold recomputed in fp32) give funasr's segments; bf16 alone now and then moves "
                             "a boundary by one 10 ms frame. auto: mixed on CPUs with native bf16, else fp32.")
+    vad_block_seconds: float = Field(
+        60.0, gt=0, le=600, description="FSMN-VAD works on blocks of this many seconds per stream (memory per "
+                                        "channel is about 20 MB per 60 s).")
     ingest_group_files: int = Field(
         4, ge=1, description="Files one ingest task takes at once: the VAD runs on all their channels together.")
     sensevoice_model_dir: Path | None = None

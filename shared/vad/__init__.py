@@ -19,23 +19,24 @@ from shared.vad.scorer import Scorer, StreamState
 
 _local = threading.local()
 MAX_END_SILENCE_MS = 800
-CHUNK_SAMPLES = 60 * 16000  # work in 60 s blocks per stream: bounded memory whatever the length
+CHUNK_SAMPLES = 60 * 16000  # default block per stream (SPEECHQ_VAD_BLOCK_SECONDS): bounded memory whatever the length
 
 
 class Detector:
-    def __init__(self, directory: Path, precision: str = "fp32"):
+    def __init__(self, directory: Path, precision: str = "fp32", block_samples: int = CHUNK_SAMPLES):
         from shared.models.registry import load_automodel
 
         dtype, checked = PRECISIONS[precision]
         auto = load_automodel(directory, device="cpu")
         self.rules = decisions.Rules.from_options(auto.model.vad_opts, MAX_END_SILENCE_MS)
         self.precision = precision
+        self.block = block_samples
         self.scorer = Scorer(auto.model, auto.kwargs["frontend"], dtype=dtype,
                              pivot=self.rules.pivot if checked else None)
 
     def run(self, streams: list[Iterable[np.ndarray]]) -> list[list[tuple[int, int]]]:
         """Segments (ms) of each 16 kHz mono float32 stream; all streams go through the network together."""
-        feeds = [_blocks(s) for s in streams]
+        feeds = [_blocks(s, self.block) for s in streams]
         states = [StreamState() for _ in streams]
         speech: list[list[np.ndarray]] = [[] for _ in streams]
         active = list(range(len(streams)))
@@ -84,28 +85,28 @@ def resolve_precision(precision: str) -> str:
 
 def detector(directory: Path, precision: str | None = None) -> Detector:
     """This thread's detector for a model folder (built once: funasr loads and checks the weights)."""
-    if precision is None:
-        from shared.config import get_settings
+    from shared.config import get_settings
 
-        precision = get_settings().vad_precision
-    precision = resolve_precision(precision)
-    key = (str(directory), precision)
+    settings = get_settings()
+    precision = resolve_precision(precision or settings.vad_precision)
+    block = int(settings.vad_block_seconds * 16000)
+    key = (str(directory), precision, block)
     cached = getattr(_local, "vad", None)
     if cached is None or cached[0] != key:
-        cached = (key, Detector(Path(directory), precision))
+        cached = (key, Detector(Path(directory), precision, block))
         _local.vad = cached
     return cached[1]
 
 
-def _blocks(stream: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, bool]]:
-    """Re-cut a stream into CHUNK_SAMPLES blocks, each with a flag saying whether it is the last."""
+def _blocks(stream: Iterable[np.ndarray], size: int) -> Iterator[tuple[np.ndarray, bool]]:
+    """Re-cut a stream into blocks of `size` samples, each with a flag saying whether it is the last."""
     pending = np.zeros(0, dtype=np.float32)
     for block in stream:
         block = np.asarray(block, dtype=np.float32).reshape(-1)
         pending = np.concatenate((pending, block)) if pending.size else block
-        while pending.size > CHUNK_SAMPLES:  # keep at least one sample back for the last block
-            yield pending[:CHUNK_SAMPLES], False
-            pending = pending[CHUNK_SAMPLES:]
+        while pending.size > size:  # keep at least one sample back for the last block
+            yield pending[:size], False
+            pending = pending[size:]
     yield pending, True
 
 

@@ -165,6 +165,13 @@ def test_mixed_precision_recomputes_frames_near_the_threshold_exactly(block):
     assert np.abs(fast - exact).max() < det.scorer.margin / 2
 
 
+@pytest.mark.parametrize("seconds", [0.5, 7])
+def test_segments_do_not_depend_on_the_block_size(seconds):
+    audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")
+    det = Detector(DIRECTORY, "mixed", block_samples=int(16000 * seconds))
+    assert det.run([[audio]]) == [PUBLISHED]
+
+
 def test_precision_setting():
     assert resolve_precision("auto") == ("mixed" if cpu_has_bf16() else "fp32")
     assert resolve_precision("fp32") == "fp32"
