@@ -27,14 +27,30 @@ def _short(label: str) -> str:
     return label.split("/")[-1]
 
 
-def _attention(attn, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _attention(attn, x: torch.Tensor, bias) -> torch.Tensor:
+    """bias: a dense (B, H, N, N) additive mask, or (score_mod, block_mask) for FlexAttention."""
     b, n, c = x.shape
     q, k, v = attn.qkv(x).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale)
+    if isinstance(bias, tuple):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        score_mod, block_mask = bias
+        out = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=attn.scale)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale)
     return attn.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-def _block(blk, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _alibi_mod(slopes: torch.Tensor, first: int):
+    """ALiBi as a FlexAttention score_mod: score − slope[h]·|q − kv| between frames; 0 where either
+    side is one of the `first` extra tokens (funasr pads the dense bias with zeros there)."""
+    def score_mod(score, b, h, q, kv):
+        bias = slopes[h] * (q - kv).abs().to(torch.float32)
+        return torch.where((q >= first) & (kv >= first), score - bias, score)
+    return score_mod
+
+
+def _block(blk, x: torch.Tensor, bias) -> torch.Tensor:
     """AltBlock.forward (post-norm, as in emotion2vec) with fused attention."""
     if blk.layer_norm_first:
         x = x + _attention(blk.attn, blk.norm1(x), bias)
@@ -45,7 +61,10 @@ def _block(blk, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 class Emotion2vec:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
-                 compile: bool = False):
+                 compile: bool = False, attention: str = "auto"):
+        """attention: "dense" (SDPA with a (B, H, N, N) ALiBi + padding bias), "flex" (FlexAttention:
+        ALiBi computed in the kernel, padded key blocks skipped), or "auto": flex when compiled on
+        a GPU (uncompiled FlexAttention is a slow reference implementation), else dense."""
         self.model = prepare(automodel.model, device, dtype)
         tokenizer = automodel.kwargs.get("tokenizer")
         self.labels = list(tokenizer.token_list) if tokenizer is not None else []
@@ -53,6 +72,12 @@ class Emotion2vec:
         self.device = device
         self.dtype = dtype
         self.encoder = self.model.modality_encoders["AUDIO"]
+        if attention == "auto":
+            attention = "flex" if compile and torch.device(device).type == "cuda" else "dense"
+        if attention not in ("dense", "flex"):
+            raise ValueError(f"unknown attention {attention!r}")
+        self.attention = attention
+        self.slopes = self._slopes() if attention == "flex" else None
         if compile:
             from workers.sensevoice import compiled
 
@@ -87,6 +112,22 @@ class Emotion2vec:
             else:
                 scales = [s.type_as(alibi) for s in scale]
         return F.pad(alibi, (extra, 0, extra, 0)), scales
+
+    def _slopes(self) -> list[torch.Tensor]:
+        """Per block, the (H,) ALiBi slopes times the block's learned scale, in fp32: the dense bias
+        of head h is −slope[h]·|i − j| (read back from funasr's own bias at distance 1)."""
+        enc = self.encoder
+        heads = enc.modality_cfg.num_alibi_heads
+        probe = enc.get_alibi_bias(batch_size=1, time_steps=2, heads=heads, dtype=torch.float32, device=self.device)
+        slopes = -probe[0, :, 0, 1]
+        blocks = len(enc.context_encoder.blocks) + len(self.model.blocks)
+        scale = enc.alibi_scale
+        if scale is None:
+            return [slopes] * blocks
+        scale = scale.detach().float().clamp_min(0)
+        if scale.size(0) == 1:
+            return [slopes * scale.reshape(-1)] * blocks
+        return [slopes * s.reshape(-1) for s in scale]
 
     def _normalised(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each waveform layer-normalised over its own samples (as funasr does), then zero-padded."""
@@ -123,18 +164,29 @@ class Emotion2vec:
             x = F.pad(x, (0, 0, 0, extra))
             padding = F.pad(padding, (0, extra), value=True)
             valid = F.pad(valid, (0, extra), value=False)
-        alibi, scales = self._alibi(x.shape[1] - num, num)
-        keys = padding[:, None, None, :]
-        dtype = self.dtype
-        bias = alibi.to(dtype).masked_fill(keys, float("-inf"))  # (B, H, N, N)
         ctx = enc.context_encoder
         if ctx.norm is not None and not ctx.layer_norm_first:
             x = ctx.norm(x)
         blocks = list(ctx.blocks) + list(self.model.blocks)
-        for i, blk in enumerate(blocks):
-            if scales is not None:
-                bias = (alibi * scales[i]).to(dtype).masked_fill(keys, float("-inf"))
-            x = _block(blk, x, bias)
+        if self.slopes is not None:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            def keep(b, h, q, kv):
+                return ~padding[b, kv]
+
+            n = x.shape[1]
+            block_mask = create_block_mask(keep, x.shape[0], None, n, n, device=x.device)
+            for blk, slopes in zip(blocks, self.slopes):
+                x = _block(blk, x, (_alibi_mod(slopes, num), block_mask))
+        else:
+            alibi, scales = self._alibi(x.shape[1] - num, num)
+            keys = padding[:, None, None, :]
+            dtype = self.dtype
+            bias = alibi.to(dtype).masked_fill(keys, float("-inf"))  # (B, H, N, N)
+            for i, blk in enumerate(blocks):
+                if scales is not None:
+                    bias = (alibi * scales[i]).to(dtype).masked_fill(keys, float("-inf"))
+                x = _block(blk, x, bias)
         if self.model.norm is not None:
             x = self.model.norm(x)
         return x[:, num:].float(), valid  # (B, T + alignment, C), with the alignment frames invalid

@@ -46,9 +46,10 @@ def test_sensevoice_language_query_changes_output(models_dir, wavs):
     assert not torch.allclose(a, b)
 
 
-def test_emotion2vec_batch_matches_funasr(models_dir, wavs):
+@pytest.mark.parametrize("attention", ["dense", "flex"])
+def test_emotion2vec_batch_matches_funasr(models_dir, wavs, attention):
     am = registry.load_automodel(models_dir / "emotion2vec_plus_large")
-    ours = Emotion2vec(am, torch.device("cpu"))
+    ours = Emotion2vec(am, torch.device("cpu"), attention=attention)
     batch = ours.scores(wavs).numpy()
     for i, w in enumerate(wavs):
         ref = am.generate(input=w, extract_embedding=False, disable_pbar=True)[0]["scores"]
@@ -57,13 +58,25 @@ def test_emotion2vec_batch_matches_funasr(models_dir, wavs):
     assert all(abs(sum(r.scores.values()) - 1) < 1e-4 and r.label in r.scores for r in results)
 
 
-def test_emotion2vec_padding_does_not_leak(models_dir, wavs):
+@pytest.mark.parametrize("attention", ["dense", "flex"])
+def test_emotion2vec_padding_does_not_leak(models_dir, wavs, attention):
     """A short utterance scores the same alone and beside a long one (masks under padding)."""
     am = registry.load_automodel(models_dir / "emotion2vec_plus_large")
-    ours = Emotion2vec(am, torch.device("cpu"))
+    ours = Emotion2vec(am, torch.device("cpu"), attention=attention)
     alone = ours.scores([wavs[3]])
     padded = ours.scores([wavs[1], wavs[3]])[1:]
     assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_emotion2vec_flex_attention_equals_dense_bias(models_dir, wavs):
+    """ALiBi and the key-padding mask computed inside FlexAttention give the frame features that
+    the dense (B, H, N, N) bias gives, per layer scales included."""
+    am = registry.load_automodel(models_dir / "emotion2vec_plus_large")
+    assert am.model.modality_encoders["AUDIO"].alibi_scale is not None
+    dense, valid = Emotion2vec(am, torch.device("cpu"), attention="dense").embeddings(wavs)
+    flex, valid_f = Emotion2vec(am, torch.device("cpu"), attention="flex").embeddings(wavs)
+    assert torch.equal(valid, valid_f)
+    assert (flex - dense)[valid].abs().max() < 1e-4 * dense[valid].abs().max()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
