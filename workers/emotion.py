@@ -171,10 +171,13 @@ class Emotion2vec:
         if self.slopes is not None:
             from torch.nn.attention.flex_attention import create_block_mask
 
-            def keep(b, h, q, kv):
-                return ~padding[b, kv]
-
             n = x.shape[1]
+            # The mask is evaluated on whole 128-key blocks: the lookup table covers them all.
+            lookup = F.pad(padding, (0, -n % 128), value=True)
+
+            def keep(b, h, q, kv):
+                return ~lookup[b, kv]
+
             block_mask = create_block_mask(keep, x.shape[0], None, n, n, device=x.device)
             for blk, slopes in zip(blocks, self.slopes):
                 x = _block(blk, x, (_alibi_mod(slopes, num), block_mask))
