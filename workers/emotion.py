@@ -35,6 +35,8 @@ def _attention(attn, x: torch.Tensor, bias) -> torch.Tensor:
         from torch.nn.attention.flex_attention import flex_attention
 
         score_mod, block_mask = bias
+        # separate buffers: the compiled kernel does not take three views of one qkv product
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=attn.scale)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale)
