@@ -64,9 +64,10 @@ def _block(blk, x: torch.Tensor, bias) -> torch.Tensor:
 class Emotion2vec:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
                  compile: bool = False, attention: str = "auto"):
-        """attention: "dense" (SDPA with a (B, H, N, N) ALiBi + padding bias), "flex" (FlexAttention:
-        ALiBi computed in the kernel, padded key blocks skipped), or "auto": flex when compiled on
-        a GPU (uncompiled FlexAttention is a slow reference implementation), else dense."""
+        """attention: "dense" (SDPA with a (B, H, N, N) ALiBi + padding bias) or "flex" (FlexAttention:
+        ALiBi computed in the kernel, padded key blocks skipped; equal to dense in tests, but under
+        torch 2.11's dynamic-shape compile on an H100 it hit an illegal memory access, see
+        BENCHMARKS.md). "auto" is dense until that is resolved."""
         self.model = prepare(automodel.model, device, dtype)
         tokenizer = automodel.kwargs.get("tokenizer")
         self.labels = list(tokenizer.token_list) if tokenizer is not None else []
@@ -75,7 +76,7 @@ class Emotion2vec:
         self.dtype = dtype
         self.encoder = self.model.modality_encoders["AUDIO"]
         if attention == "auto":
-            attention = "flex" if compile and torch.device(device).type == "cuda" else "dense"
+            attention = "dense"
         if attention not in ("dense", "flex"):
             raise ValueError(f"unknown attention {attention!r}")
         self.attention = attention
