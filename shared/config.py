@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     vad_block_seconds: float = Field(
         60.0, gt=0, le=600, description="FSMN-VAD works on blocks of this many seconds per stream (memory per "
                                         "channel is about 20 MB per 60 s).")
+    vad_threads: int = Field(
+        1, ge=1, description="torch CPU threads of a process that runs the VAD (an ingest worker process): "
+                             "scale with more worker processes, one per core, not with threads.")
     ingest_group_files: int = Field(
         4, ge=1, description="Files one ingest task takes at once: the VAD runs on all their channels together.")
     sensevoice_model_dir: Path | None = None

@@ -89,6 +89,9 @@ def load_automodel(directory: Path, device: str = "cpu", **kwargs):
     directory = Path(directory).resolve()
     check_directory(directory)
     os.environ.setdefault("MODELSCOPE_OFFLINE", "1")
+    # funasr otherwise sets torch's CPU threads to 4 for the whole process (ncpu), whatever
+    # OMP_NUM_THREADS says; with several worker processes per host that oversubscribes the cores.
+    kwargs.setdefault("ncpu", torch.get_num_threads())
     model = AutoModel(model=str(directory), disable_update=True, device=device, disable_pbar=True,
                       disable_log=True, log_level="ERROR", **kwargs)
     quiet_third_parties()
