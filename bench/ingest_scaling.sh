@@ -10,15 +10,14 @@ src=bench/.audio/call.flac
   echo "nproc $(nproc)"; lscpu | grep -E "^(Model name|Thread|Core|Socket|NUMA node\(s\)|CPU\(s\))"
   echo "cgroup cpu.max: $(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo n/a)"
   echo "flags: $(grep -o -w -E 'amx_bf16|avx512_bf16|avx512f' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-} > "$out/host.txt" 2>&1
-cat "$out/host.txt"
+} 2>&1
 for precision in mixed fp32; do
   python -m bench.ingest_bench --source $src --minutes 10 --long-hours 0 --automodel --precision $precision \
     --out "$out/ingest-1proc-$precision.json"
 done
 for n in $counts; do
   ( sleep 12; { cat /proc/loadavg; cat /sys/fs/cgroup/cpu.stat 2>/dev/null;
-      ps -eLo pid,tid,psr,pcpu,stat,comm --sort=-pcpu | head -60; } > "$out/threads-$n.txt" ) &
+      echo "== $n processes"; ps -eLo pid,tid,psr,pcpu,stat,comm --sort=-pcpu | head -40; } >> "$out/threads.txt" ) &
   python -m bench.ingest_bench --source $src --minutes 60 --long-hours 0 --workers "$n" --precision mixed \
     --out "$out/ingest-${n}proc-mixed.json"
   wait
