@@ -93,10 +93,7 @@ def detector(directory: Path, precision: str | None = None) -> Detector:
     key = (str(directory), precision, block)
     cached = getattr(_local, "vad", None)
     if cached is None or cached[0] != key:
-        from threadpoolctl import threadpool_limits
-
         torch.set_num_threads(settings.vad_threads)
-        threadpool_limits(settings.vad_threads, user_api="blas")  # numpy's BLAS: fp32 products
         cached = (key, Detector(Path(directory), precision, block))
         _local.vad = cached
     return cached[1]

@@ -155,24 +155,15 @@ class _Weights:
                                                         if m.linear.bias is not None else None)
 
         self.dtype = dtype
-        # fp32 products go through numpy's BLAS (OpenBLAS): on AMD cores torch's MKL runs these
-        # shapes at about a third of its speed (50 vs 177 GFLOP/s on one EPYC core, measured);
-        # on Intel cores the two are level. bf16 stays with torch (oneDNN, AVX-512 BF16 / AMX).
-        self.numpy = dtype == torch.float32
+        # fp32 products stay with torch (MKL), as in funasr: numpy's OpenBLAS is twice as fast on AMD
+        # cores but sums in another order, and that moved one boundary in 127 (a frame within
+        # rounding of the threshold), so the segments would no longer equal funasr's.
         self.head = [lin(enc.in_linear1), lin(enc.in_linear2)]
         self.layers = [(lin(blk.linear), blk.fsmn_block.conv_left.weight.detach()[:, :, :, 0].to(dtype),
                         lin(blk.affine)) for blk in enc.fsmn]
         # out_linear2(out_linear1(x)) has no nonlinearity between: one 250 -> 248 product instead of two
         (w3, b3), (w4, b4) = lin(enc.out_linear1), lin(enc.out_linear2)
         self.tail = ((w4.double() @ w3.double()).to(dtype), (w4.double() @ b3.double() + b4.double()).to(dtype))
-
-    @staticmethod
-    def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-        """F.linear in fp32 through numpy's BLAS."""
-        y = torch.from_numpy(np.matmul(x.numpy(), w.numpy().T))
-        if b is not None:
-            y += b
-        return y
 
     def zero_memory(self, pad: int) -> list[torch.Tensor]:
         return [torch.zeros(pad, taps.shape[0], dtype=self.dtype) for _, taps, _ in self.layers]
@@ -181,16 +172,15 @@ class _Weights:
         """(B, T) silence posteriors (fp32) of (B, T, 400) inputs; each memory list advances in place
         past its row's first `lengths[b]` frames (a row with no new frames keeps its memory)."""
         x = x.to(self.dtype)
-        linear = self._linear if self.numpy else F.linear
         (w1, b1), (w2, b2) = self.head
-        x = torch.relu(linear(linear(x, w1, b1), w2, b2))
+        x = torch.relu(F.linear(F.linear(x, w1, b1), w2, b2))
         for i, ((wp, _), taps, (wa, ba)) in enumerate(self.layers):
-            p = linear(x, wp)                         # (B, T, proj)
+            p = F.linear(x, wp)                       # (B, T, proj)
             pad = taps.shape[-1] - 1
             y = torch.cat((torch.stack([m[i] for m in memories]), p), dim=1)  # (B, pad + T, proj)
             conv = F.conv1d(y.transpose(1, 2), taps, groups=taps.shape[0]).transpose(1, 2)
             for m, n, row in zip(memories, lengths, y):
                 m[i] = row[n:n + pad].clone()
-            x = torch.relu(linear(p + conv, wa, ba))
-        logits = linear(x, *self.tail).float()
+            x = torch.relu(F.linear(p + conv, wa, ba))
+        logits = F.linear(x, *self.tail).float()
         return torch.softmax(logits, dim=-1)[..., 0]
