@@ -148,12 +148,13 @@ def _posteriors(det, audio: np.ndarray, block: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-@pytest.mark.parametrize("block", [1600, 16000 * 7])
-def test_mixed_precision_recomputes_frames_near_the_threshold_exactly(block):
+@pytest.mark.parametrize(("name", "block"), [("vad_example.wav", 1600), ("vad_example.wav", 16000 * 7),
+                                           ("phone_conversation.wav", 16000 * 7)])
+def test_mixed_precision_recomputes_frames_near_the_threshold_exactly(name, block):
     """Frames whose bf16 posterior is near the pivot get fp32's value, though only `reach` earlier
     frames are recomputed (1,600-sample blocks are 10 frames, fewer than the reach: the carried
     context spans several steps). bf16's own error stays well inside the margin."""
-    audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")
+    audio, _ = sf.read(shared_audio(name), dtype="float32")
     exact = _posteriors(Detector(DIRECTORY, "fp32"), audio, block)
     fast = _posteriors(Detector(DIRECTORY, "bf16"), audio, block)
     det = Detector(DIRECTORY, "mixed")
