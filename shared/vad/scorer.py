@@ -118,11 +118,11 @@ class Scorer:
         rows, picks = [], []
         for i, (s, f) in enumerate(zip(states, feats)):
             past = s.recent if s.recent is not None else f[:0]
-            seq = torch.cat((past, f))
-            s.recent = seq[-self.reach:].clone()
+            s.recent = torch.cat((past, f[-self.reach:]))[-self.reach:]  # a copy of at most 2 x reach frames
             idx = torch.nonzero(near[i, :f.shape[0]]).flatten()
             if idx.numel() == 0:
                 continue
+            seq = torch.cat((past, f))  # the whole block only where some frame is flagged
             pos = idx + past.shape[0]
             # keep every input frame some flagged frame depends on: [pos - reach, pos]
             edge = torch.zeros(seq.shape[0] + 1, dtype=torch.int32)
