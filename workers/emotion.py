@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workers.compiling import batch_dynamic, bucket_width, compiled, scope
 from workers.staging import pad_batch, prepare
 
 
@@ -63,11 +64,15 @@ def _block(blk, x: torch.Tensor, bias) -> torch.Tensor:
 
 class Emotion2vec:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
-                 compile: bool = False, attention: str = "auto"):
+                 compile: bool | str = False, attention: str = "auto", dynamic: bool | None = True,
+                 bucket_seconds: float = 0.0):
         """attention: "dense" (SDPA with a (B, H, N, N) ALiBi + padding bias) or "flex" (FlexAttention:
         ALiBi computed in the kernel, padded key blocks skipped; equal to dense in tests, but under
         torch 2.11's dynamic-shape compile on an H100 it hit an illegal memory access, see
-        BENCHMARKS.md). "auto" is dense until that is resolved."""
+        BENCHMARKS.md). "auto" is dense until that is resolved. compile: "off", "model" or "layers"
+        (each transformer block, regional), see workers.compiling; True means "model".
+        bucket_seconds: pad each batch's length up to a multiple of it."""
+        self.bucket = int(bucket_seconds * 16000)
         self.model = prepare(automodel.model, device, dtype)
         tokenizer = automodel.kwargs.get("tokenizer")
         self.labels = list(tokenizer.token_list) if tokenizer is not None else []
@@ -81,10 +86,10 @@ class Emotion2vec:
             raise ValueError(f"unknown attention {attention!r}")
         self.attention = attention
         self.slopes = self._slopes() if attention == "flex" else None
-        if compile:
-            from workers.sensevoice import compiled
-
-            self._encode = compiled(self._encode)
+        mode = scope(compile)
+        self.block = compiled(_block, dynamic) if mode == "layers" else _block
+        if mode == "model":
+            self._encode = compiled(self._encode, dynamic)
 
     def _frames(self, lengths: torch.Tensor) -> torch.Tensor:
         for _, kernel, stride in self.encoder.feature_enc_layers:
@@ -134,7 +139,7 @@ class Emotion2vec:
 
     def _normalised(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each waveform layer-normalised over its own samples (as funasr does), then zero-padded."""
-        source, lengths = pad_batch(wavs, self.device)
+        source, lengths = pad_batch(wavs, self.device, bucket_width(max(map(len, wavs)), self.bucket))
         if self.model.cfg.normalize:
             valid = (torch.arange(source.shape[1], device=self.device)[None, :] < lengths[:, None]).float()
             n = lengths[:, None].float()
@@ -183,16 +188,18 @@ class Emotion2vec:
 
             block_mask = create_block_mask(keep, x.shape[0], None, n, n, device=x.device)
             for blk, slopes in zip(blocks, self.slopes):
-                x = _block(blk, x, (_alibi_mod(slopes, num), block_mask))
+                x = self.block(blk, x, (_alibi_mod(slopes, num), block_mask))
         else:
             alibi, scales = self._alibi(x.shape[1] - num, num)
             keys = padding[:, None, None, :]
             dtype = self.dtype
             bias = alibi.to(dtype).masked_fill(keys, float("-inf"))  # (B, H, N, N)
+            batch_dynamic(x, bias)
             for i, blk in enumerate(blocks):
                 if scales is not None:
                     bias = (alibi * scales[i]).to(dtype).masked_fill(keys, float("-inf"))
-                x = _block(blk, x, bias)
+                    batch_dynamic(bias)
+                x = self.block(blk, x, bias)
         if self.model.norm is not None:
             x = self.model.norm(x)
         return x[:, num:].float(), valid  # (B, T + alignment, C), with the alignment frames invalid

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from workers.compiling import batch_dynamic
+
 
 def _fsmn(attn, inputs: torch.Tensor, shifted: bool) -> torch.Tensor:
     """The FSMN memory block, a depthwise convolution over time.
@@ -40,23 +42,26 @@ def _attention(attn, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, sh
     return attn.linear_out(out.transpose(1, 2).reshape(b, t, attn.h * attn.d_k)) + memory
 
 
-def _layer(layer, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, shifted: bool) -> torch.Tensor:
-    attended = _attention(layer.self_attn, layer.norm1(x), keep, keys, shifted)
-    x = x + attended if layer.in_size == layer.size else attended
-    return x + layer.feed_forward(layer.norm2(x))
+def layer(block, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, shifted: bool) -> torch.Tensor:
+    """One SAN-M encoder layer (funasr's EncoderLayerSANM.forward in eval mode)."""
+    attended = _attention(block.self_attn, block.norm1(x), keep, keys, shifted)
+    x = x + attended if block.in_size == block.size else attended
+    return x + block.feed_forward(block.norm2(x))
 
 
-def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = False) -> torch.Tensor:
-    """(B, T, 560) features with the 4 query frames, valid lengths -> (B, T, 512)."""
+def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = False, run=layer) -> torch.Tensor:
+    """(B, T, 560) features with the 4 query frames, valid lengths -> (B, T, 512). `run` applies one
+    layer (`layer`, or a compiled copy of it)."""
     valid = torch.arange(xs.shape[1], device=xs.device)[None, :] < lengths[:, None]
     keep = valid[..., None].to(xs.dtype)
     keys = valid[:, None, None, :]
     xs = encoder.embed(xs * encoder.output_size() ** 0.5)
-    for layer in encoder.encoders0:
-        xs = _layer(layer, xs, keep, keys, shifted)
-    for layer in encoder.encoders:
-        xs = _layer(layer, xs, keep, keys, shifted)
+    batch_dynamic(xs, keep, keys)
+    for block in encoder.encoders0:
+        xs = run(block, xs, keep, keys, shifted)
+    for block in encoder.encoders:
+        xs = run(block, xs, keep, keys, shifted)
     xs = encoder.after_norm(xs)
-    for layer in encoder.tp_encoders:
-        xs = _layer(layer, xs, keep, keys, shifted)
+    for block in encoder.tp_encoders:
+        xs = run(block, xs, keep, keys, shifted)
     return encoder.tp_norm(xs)

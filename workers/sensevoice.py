@@ -14,19 +14,11 @@ import torch
 
 from shared.models.tokens import parse_tags
 from workers import sanm
+from workers.compiling import bucket_width, compiled, scope
 from workers.features import BatchFrontend
 from workers.staging import pad_batch, prepare
 
 EVENT_EMO_QUERY = (1, 2)
-
-
-def compiled(fn):
-    """torch.compile with dynamic shapes (batch and length vary from batch to batch)."""
-    import torch._inductor.config as inductor
-
-    # torch 2.11's tiling analysis asserts on dynamic shapes in these graphs; it is an optimisation only.
-    inductor.triton.coalesce_tiling_analysis = False
-    return torch.compile(fn, dynamic=True)
 
 
 @dataclass
@@ -40,13 +32,19 @@ class Transcript:
 
 class SenseVoice:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
-                 compile: bool = False):
+                 compile: bool | str = False, dynamic: bool | None = True, bucket_seconds: float = 0.0):
+        """compile: "off", "model" (the whole forward) or "layers" (each SAN-M layer, regional);
+        see workers.compiling. True means "model". bucket_seconds: pad each batch's length up to a
+        multiple of it (static-shape compiles then see few lengths)."""
+        self.bucket = int(bucket_seconds * 16000)
         self.model = prepare(automodel.model, device, dtype)
         self.tokenizer = automodel.kwargs["tokenizer"]
         self.device = device
         self.dtype = dtype
         self.frontend = BatchFrontend(automodel.kwargs["frontend"], device)
-        self.shifted = compile
+        mode = scope(compile)
+        self.shifted = mode != "off"
+        self.layer = compiled(sanm.layer, dynamic) if mode == "layers" else sanm.layer
         # CTC head padded to a multiple of 128 classes: GEMM libraries pick far better kernels
         # for 25088 than for 25055 outputs. Extra classes get -inf and never win the argmax.
         head = self.model.ctc.ctc_lo
@@ -56,7 +54,7 @@ class SenseVoice:
         self.head_weight[: self.vocab] = head.weight.detach()
         self.head_bias = torch.full((padded,), float("-inf"), dtype=dtype, device=device)
         self.head_bias[: self.vocab] = head.bias.detach()
-        self._forward = compiled(self._ids) if compile else self._ids
+        self._forward = compiled(self._ids, dynamic) if mode == "model" else self._ids
 
     def _query(self, languages: list[str], itn: list[bool]) -> torch.Tensor:
         lid = [self.model.lid_dict.get(lang, 0) for lang in languages]
@@ -68,7 +66,7 @@ class SenseVoice:
         feats, n = self.frontend(wav, lengths)
         speech = torch.cat((self.model.embed(query), feats.to(self.dtype)), dim=1)
         lengths = n + query.shape[1]
-        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted)
+        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer)
         return torch.nn.functional.linear(out, self.head_weight, self.head_bias), lengths
 
     def _ids(self, wav, lengths, query):
@@ -84,7 +82,7 @@ class SenseVoice:
 
     @torch.inference_mode()
     def token_ids(self, wavs, languages, itn) -> tuple[np.ndarray, np.ndarray]:
-        wav, lengths = pad_batch(wavs, self.device)
+        wav, lengths = pad_batch(wavs, self.device, bucket_width(max(map(len, wavs)), self.bucket))
         best, lengths = self._forward(wav, lengths, self._query(languages, itn))
         return best.cpu().numpy(), lengths.cpu().numpy()  # one copy for the whole batch
 

@@ -33,8 +33,9 @@ def _staging(numel: int, pinned: bool) -> torch.Tensor:
     return buf[:numel]
 
 
-def pad_batch(wavs: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-padded (B, T) float32 on `device`: segments go up packed end to end, padding happens there."""
+def pad_batch(wavs: list[np.ndarray], device: torch.device, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-padded (B, T) float32 on `device`: segments go up packed end to end, padding happens there.
+    T is the longest segment, or `width` where given (a shape bucket; at least the longest)."""
     lengths = torch.tensor([len(w) for w in wavs], dtype=torch.int64)
     flat = _staging(int(lengths.sum()), device.type == "cuda")
     np.concatenate([np.asarray(w, dtype=np.float32) for w in wavs], out=flat.numpy())
@@ -43,7 +44,7 @@ def pad_batch(wavs: list[np.ndarray], device: torch.device) -> tuple[torch.Tenso
         _pinned["copied"] = torch.cuda.Event()
         _pinned["copied"].record()
     lengths = lengths.to(device, non_blocking=True)
-    width = int(max(len(w) for w in wavs))
+    width = max(int(max(len(w) for w in wavs)), width or 0)
     starts = torch.cumsum(lengths, 0) - lengths
     pos = torch.arange(width, device=device)[None, :]
     valid = pos < lengths[:, None]

@@ -1,0 +1,128 @@
+"""How to compile the GPU forwards: eager, whole forward or each layer, dynamic or static lengths.
+
+Side by side on one GPU, same weights (random, full size), for each model and mode:
+compile time (first pass), × real time on one fixed bucket (B segments of exactly L seconds) and on
+the benchmark mix (256 utterances of 3–15 s in ≤ --batch-seconds padded batches), peak memory.
+
+    python -m bench.compile_modes --models sv,e2v --modes eager,layers-dynamic,layers-static
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import commit, utterances
+from bench.gpu_bench import batches, ensure_models
+from shared.logs import quiet_third_parties
+from shared.models import registry
+from workers.emotion import Emotion2vec
+from workers.sensevoice import SenseVoice
+
+log = logging.getLogger("bench.compile")
+MODES = {  # name: (compile scope, dynamic, bucket seconds)
+    "eager": ("off", True, 0.0),
+    "model-dynamic": ("model", True, 0.0),
+    "layers-dynamic": ("layers", True, 0.0),
+    "layers-static": ("layers", False, 1.0),
+    "model-static": ("model", False, 1.0),
+}
+
+
+def build(name: str, am, mode: str, dev):
+    scope, dynamic, bucket = MODES[mode]
+    if name == "sv":
+        model = SenseVoice(am, dev, torch.bfloat16, compile=scope, dynamic=dynamic, bucket_seconds=bucket)
+        return lambda ws: model.token_ids(ws, ["auto"] * len(ws), [True] * len(ws))
+    model = Emotion2vec(am, dev, torch.bfloat16, compile=scope, dynamic=dynamic, bucket_seconds=bucket)
+    return model.scores
+
+
+def timed(fn, repeat: int) -> float:
+    walls = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        walls.append(time.perf_counter() - t0)
+    return min(walls)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models-dir", type=Path, default=Path("/tmp/speechq-bench-models"))
+    p.add_argument("--models", default="sv,e2v")
+    p.add_argument("--modes", default="eager,layers-dynamic,layers-static")
+    p.add_argument("--bucket", default="200x15", help="fixed bucket: segments x seconds")
+    p.add_argument("--batch-seconds", type=float, default=3000.0)
+    p.add_argument("--no-mix", action="store_true", help="fixed bucket only")
+    p.add_argument("--profile", default="", help="model:mode to profile on the fixed bucket, e.g. sv:layers-static")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    dirs = ensure_models(args.models_dir, "full")
+    quiet_third_parties()
+    dev = torch.device("cuda")
+    n, seconds = args.bucket.split("x")
+    length = int(float(seconds) * 16000)
+    fixed = [np.resize(w, length) for w in utterances(int(n), seed=1)]
+    wavs = utterances(256)
+    groups = [[wavs[i] for i in g] for g in batches(wavs, args.batch_seconds)]
+    mix_seconds = sum(map(len, wavs)) / 16000
+    rows = []
+    for name in args.models.split(","):
+        am = registry.load_automodel(dirs["sensevoice" if name == "sv" else "e2v-16+8"], device="cuda")
+        for mode in args.modes.split(","):
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            run = build(name, am, mode, dev)
+            row = {"model": name, "mode": mode, "gpu": torch.cuda.get_device_name(0), "commit": commit()}
+            try:
+                row["compile_fixed_s"] = timed(lambda: run(fixed), 1)
+                row["fixed_x"] = len(fixed) * length / 16000 / timed(lambda: run(fixed), 3)
+                if not args.no_mix and not mode.startswith("model-static"):
+                    row["compile_mix_s"] = timed(lambda: [run(g) for g in groups], 1)
+                    row["mix_x"] = mix_seconds / timed(lambda: [run(g) for g in groups], 2)
+                if args.profile == f"{name}:{mode}":
+                    profile(lambda: run(fixed))
+            except Exception as exc:  # noqa: BLE001 - report the mode, go on with the next
+                row["error"] = str(exc).splitlines()[0][:300]
+                log.exception("%s %s failed", name, mode)
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            log.info("%s", row)
+            rows.append(row)
+            del run
+    print(f"\n| model | mode | compile (fixed) s | fixed {args.bucket} × | compile (mix) s | mix × | peak GiB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['mode']} | {r.get('compile_fixed_s', 0):.1f} | {r.get('fixed_x', 0):,.0f} | "
+              f"{r.get('compile_mix_s', 0):.1f} | {r.get('mix_x', 0):,.0f} | {r['peak_gib']:.1f} |"
+              + (f" error: {r['error']}" if "error" in r else ""))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def profile(fn) -> None:
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e3
+    print(f"\nGPU busy {busy:.1f} ms")
+    print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
