@@ -26,7 +26,7 @@ from workers.emotion import Emotion2vec
 from workers.sensevoice import SenseVoice
 
 log = logging.getLogger("bench.compile")
-MODES = {  # name: (compile scope, dynamic, bucket seconds)
+MODES = {  # name: (compile scope, dynamic, bucket seconds); a "-flex" suffix: emotion2vec's FlexAttention
     "eager": ("off", True, 0.0),
     "model-dynamic": ("model", True, 0.0),
     "layers-dynamic": ("layers", True, 0.0),
@@ -36,11 +36,13 @@ MODES = {  # name: (compile scope, dynamic, bucket seconds)
 
 
 def build(name: str, am, mode: str, dev):
-    scope, dynamic, bucket = MODES[mode]
+    attention = "flex" if mode.endswith("-flex") else "dense"
+    scope, dynamic, bucket = MODES[mode.removesuffix("-flex")]
     if name == "sv":
         model = SenseVoice(am, dev, torch.bfloat16, compile=scope, dynamic=dynamic, bucket_seconds=bucket)
         return lambda ws: model.token_ids(ws, ["auto"] * len(ws), [True] * len(ws))
-    model = Emotion2vec(am, dev, torch.bfloat16, compile=scope, dynamic=dynamic, bucket_seconds=bucket)
+    model = Emotion2vec(am, dev, torch.bfloat16, compile=scope, dynamic=dynamic, bucket_seconds=bucket,
+                        attention=attention)
     return model.scores
 
 
@@ -87,6 +89,10 @@ def main() -> None:
             row = {"model": name, "mode": mode, "gpu": torch.cuda.get_device_name(0), "commit": commit()}
             try:
                 row["compile_fixed_s"] = timed(lambda: run(fixed), 1)
+                if name == "e2v" and mode != "eager":  # the scores of a compiled mode against eager's
+                    eager = build(name, am, "eager", dev)
+                    row["max_diff_vs_eager"] = float((run(fixed[:16]) - eager(fixed[:16])).abs().max())
+                    del eager
                 row["fixed_x"] = len(fixed) * length / 16000 / timed(lambda: run(fixed), 3)
                 if not args.no_mix and not mode.startswith("model-static"):
                     row["compile_mix_s"] = timed(lambda: [run(g) for g in groups], 1)
