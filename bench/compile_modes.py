@@ -66,6 +66,9 @@ def main() -> None:
     p.add_argument("--batch-seconds", type=float, default=3000.0)
     p.add_argument("--no-mix", action="store_true", help="fixed bucket only")
     p.add_argument("--profile", default="", help="model:mode to profile on the fixed bucket, e.g. sv:layers-static")
+    p.add_argument("--sdpa", default="", help="emotion2vec attention backends to compare on the fixed bucket "
+                   "(eager, dense bias), e.g. efficient,cudnn; with --align lengths, e.g. 8,64")
+    p.add_argument("--align", default="8")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -106,6 +109,8 @@ def main() -> None:
             log.info("%s", row)
             rows.append(row)
             del run
+    if args.sdpa:
+        rows += sdpa_backends(args, dirs, dev, fixed, length)
     print(f"\n| model | mode | compile (fixed) s | fixed {args.bucket} × | compile (mix) s | mix × | peak GiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -114,6 +119,28 @@ def main() -> None:
               + (f" error: {r['error']}" if "error" in r else ""))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def sdpa_backends(args, dirs, dev, fixed, length) -> list[dict]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    am = registry.load_automodel(dirs["e2v-16+8"], device="cuda")
+    model = Emotion2vec(am, dev, torch.bfloat16)
+    rows = []
+    for backend in args.sdpa.split(","):
+        for align in map(int, args.align.split(",")):
+            model.align = align
+            torch.cuda.reset_peak_memory_stats()
+            row = {"model": "e2v", "mode": f"eager sdpa={backend} align={align}"}
+            try:
+                with sdpa_kernel(getattr(SDPBackend, backend.upper() + ("_ATTENTION" if backend != "math" else ""))):
+                    row["fixed_x"] = len(fixed) * length / 16000 / timed(lambda: model.scores(fixed), 3)
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = str(exc).splitlines()[0][:200]
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            log.info("%s", row)
+            rows.append(row)
+    return rows
 
 
 def profile(fn) -> None:

@@ -86,6 +86,7 @@ class Emotion2vec:
             raise ValueError(f"unknown attention {attention!r}")
         self.attention = attention
         self.slopes = self._slopes() if attention == "flex" else None
+        self.align = 8  # attention length multiple
         mode = scope(compile)
         self.block = compiled(_block, dynamic) if mode == "layers" else _block
         if mode == "model":
@@ -167,7 +168,7 @@ class Emotion2vec:
             padding = F.pad(padding, (num, 0))
         # Attention kernels want the key length a multiple of 8; otherwise SDPA copies the whole
         # (B, H, N, N) bias on every layer. The added frames are padding, masked like the rest.
-        extra = -x.shape[1] % 8
+        extra = -x.shape[1] % self.align
         if extra:
             x = F.pad(x, (0, 0, 0, extra))
             padding = F.pad(padding, (0, extra), value=True)
