@@ -23,6 +23,7 @@ from shared.batching import Item, pack
 from shared.models import random_init, registry
 from workers.emotion import Emotion2vec
 from workers.sensevoice import SenseVoice
+from workers.staging import pad_batch
 
 log = logging.getLogger("bench.gpu")
 
@@ -46,19 +47,26 @@ def batches(wavs: list[np.ndarray], budget_s: float) -> list[list[int]]:
     return [[int(it.id) for it in b] for b in packed]
 
 
-def vad_cut(calls: Path | None, vad_dir: Path) -> list[np.ndarray]:
+def vad_cut(calls: Path | None, vad_dir: Path, minutes: float = 0.0) -> list[np.ndarray]:
+    """Speech segments of every channel of every call in `calls` (any libsndfile format and rate),
+    each call tiled to `minutes` first when given, cut by speechq's VAD (≤ 30 s each)."""
     if calls is None:
         return []
     import soundfile as sf
+    import soxr
 
     from shared.vad import segments
 
     out = []
-    for path in sorted(calls.glob("*.wav")):
+    for path in sorted(p for p in calls.iterdir() if p.suffix in (".wav", ".flac")):
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
-        assert rate == 16000, f"{path}: resample to 16 kHz first"
+        if rate != 16000:
+            audio = soxr.resample(audio, rate, 16000).astype(np.float32)
+        if minutes:
+            audio = np.resize(audio, (int(minutes * 60 * 16000), audio.shape[1]))
         for ch in audio.T:
-            for s, e in segments(np.ascontiguousarray(ch), vad_dir, 30000):
+            ch = np.ascontiguousarray(ch)
+            for s, e in segments(ch, vad_dir, 30000):
                 out.append(ch[s * 16:e * 16].copy())
     return out
 
@@ -144,7 +152,8 @@ def main() -> None:
     p.add_argument("--models-dir", type=Path, default=Path("/tmp/speechq-bench-models"))
     p.add_argument("--size", default="full", choices=["tiny", "full"])
     p.add_argument("--utterances", type=int, default=256)
-    p.add_argument("--calls", type=Path, default=None, help="folder of 16 kHz WAV calls to cut with the VAD")
+    p.add_argument("--calls", type=Path, default=None, help="folder of WAV/FLAC calls to cut with the VAD")
+    p.add_argument("--call-minutes", type=float, default=0.0, help="tile each call to this length first")
     p.add_argument("--b1-subset", type=int, default=64, help="utterances for AutoModel at batch_size=1")
     p.add_argument("--batch-seconds", type=float, default=3000.0)
     p.add_argument("--peak-tflops", type=float, default=790.0)
@@ -159,7 +168,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     torch.backends.cuda.matmul.allow_tf32 = False
     dirs = ensure_models(args.models_dir, args.size)
-    wavs = utterances(args.utterances) + vad_cut(args.calls, registry_vad_dir())
+    wavs = utterances(args.utterances) + vad_cut(args.calls, registry_vad_dir(), args.call_minutes)
     quiet_third_parties()
     logging.getLogger("bench").setLevel(logging.INFO)
     bench = Bench(args)
@@ -191,40 +200,43 @@ def main() -> None:
                                                     disable_pbar=True), baseline=b1.x_realtime)
         best_am = max(best_am, r.x_realtime)
 
-    groups = batches(wavs, args.batch_seconds)
-    langs = {i: "auto" for i in range(len(wavs))}
+    groups = [[wavs[i] for i in g] for g in batches(wavs, args.batch_seconds)]
     sv_am = registry.load_automodel(dirs["sensevoice"], device="cuda")
 
-    def run_sv(model):
-        for g in groups:
-            model([wavs[i] for i in g], [langs[i] for i in g], [True] * len(g))
+    def run_sv(model):  # as the worker runs batches: all queued, then collected
+        pending = []
+        for ws in groups:
+            wav, lengths = pad_batch(ws, dev)
+            pending.append(model.launch(wav, lengths, torch.tensor([len(w) for w in ws]), ["auto"] * len(ws),
+                                        [True] * len(ws)))
+        for p in pending:
+            model.decode(p.rows())
 
-    eager = SenseVoice(sv_am, dev, torch.bfloat16)
-    sv_flops = gflops_per_audio_second(lambda ws: eager.token_ids(ws, ["auto"] * len(ws), [True] * len(ws)),
-                                       [wavs[i] for i in groups[0]])
-    log.info("SenseVoice: %.2f GFLOP per audio second", sv_flops)
-    run_sv(eager)
-    bench.measure("speechq batched bf16 (eager)", "SenseVoiceSmall", wavs, lambda: run_sv(eager), sv_flops,
-                  baseline=b1.x_realtime, notes=f"batches of ≤{args.batch_seconds:.0f} padded s", repeat=2)
-    sv_best = eager
+    padded = SenseVoice(sv_am, dev, torch.bfloat16, packed=False)
+    sv_flops = gflops_per_audio_second(lambda ws: padded.token_ids(ws, ["auto"] * len(ws), [True] * len(ws)),
+                                       groups[0])
+    log.info("SenseVoice: %.2f GFLOP per audio second (padded batch)", sv_flops)
+    note = f"batches of ≤{args.batch_seconds:.0f} padded s"
+    systems = [("speechq batched bf16, padded, eager", padded, note)]
+    if "eager-packed" not in skip:
+        systems.append(("speechq batched bf16, packed, eager", SenseVoice(sv_am, dev, torch.bfloat16), note))
     if "compile" not in skip and "compile-sv" not in skip:
-        try:
-            compiled_sv = SenseVoice(sv_am, dev, torch.bfloat16, compile=True)
+        systems.append(("speechq batched bf16, packed, compiled layers", None, note + "; compile time excluded"))
+    for name, model, notes in systems:
+        if model is None:
             t0 = time.perf_counter()
-            run_sv(compiled_sv)
-            log.info("SenseVoice compile + first pass: %.1f s", time.perf_counter() - t0)
-            r = bench.measure("speechq batched bf16 + torch.compile", "SenseVoiceSmall", wavs,
-                              lambda: run_sv(compiled_sv), sv_flops, baseline=b1.x_realtime,
-                              notes="dynamic shapes, compile time excluded", repeat=2)
-            if r.x_realtime > bench.records[-2].x_realtime:
-                sv_best = compiled_sv
-        except Exception as exc:  # noqa: BLE001 - report and go on with eager
-            log.error("SenseVoice torch.compile failed: %s", str(exc).splitlines()[0][:300])
+            model = SenseVoice(sv_am, dev, torch.bfloat16, compile="layers")
+            run_sv(model)
+            notes += f" ({time.perf_counter() - t0:.0f} s to compile)"
+        run_sv(model)
+        bench.measure(name, "SenseVoiceSmall", wavs, lambda m=model: run_sv(m), sv_flops, baseline=b1.x_realtime,
+                      notes=notes, repeat=2)
+    del systems
 
     if "emotion2vec" in skip:
         finish(bench, fid, args)
         return
-    e2v_results = {}
+    e_flops = {}
     for key in ("e2v-16+8", "e2v-8+4"):
         if key in skip:
             continue
@@ -236,55 +248,51 @@ def main() -> None:
             base = bench.measure("funasr AutoModel", label, wavs,
                                  lambda: e_am.generate(input=wavs, batch_size=32, extract_embedding=False,
                                                        disable_pbar=True)).x_realtime
-        ours = Emotion2vec(e_am, dev, torch.bfloat16)
-        flops = gflops_per_audio_second(ours.scores, [wavs[i] for i in groups[0]])
+
+        def run_e(model):
+            pending = [model.launch(*pad_batch(ws, dev)) for ws in groups]
+            for p in pending:
+                p.results()
+
+        eager = Emotion2vec(e_am, dev, torch.bfloat16)
+        e_flops[key] = flops = gflops_per_audio_second(eager.scores, groups[0])
         log.info("%s: %.2f GFLOP per audio second", label, flops)
-
-        def run_e(model=ours):
-            for g in groups:
-                model([wavs[i] for i in g])
-
-        run_e()
-        best = bench.measure("speechq batched bf16", label, wavs, run_e, flops, baseline=base, repeat=2)
-        e2v_results[key] = (ours, flops, base)
+        run_e(eager)
+        bench.measure("speechq batched bf16, eager", label, wavs, lambda: run_e(eager), flops, baseline=base, repeat=2)
         if "compile" in skip:
             continue
-        check = [wavs[i] for i in groups[0]]
-        reference = ours.scores(check)
-        variants = [("dense", "torch.compile, dense ALiBi bias")]
-        if key == "e2v-16+8" and "flex" not in skip:
-            variants.append(("flex", "torch.compile + FlexAttention (ALiBi in the kernel)"))
-        for attention, name in variants:
-            try:
-                comp = Emotion2vec(e_am, dev, torch.bfloat16, compile=True, attention=attention)
-                t0 = time.perf_counter()
-                run_e(comp)
-                log.info("%s %s compile + first pass: %.1f s", label, attention, time.perf_counter() - t0)
-                diff = float((comp.scores(check) - reference).abs().max())
-                log.info("%s %s: max |score - eager dense score| = %.2e (bf16)", label, attention, diff)
-                r = bench.measure(f"speechq batched bf16 + {name}", label, wavs, lambda: run_e(comp), flops,
-                                  baseline=base, repeat=2,
-                                  notes=f"dynamic shapes, compile time excluded; scores vs eager: max diff {diff:.1e}")
-                if r.x_realtime > best.x_realtime:
-                    best = r
-                    e2v_results[key] = (comp, flops, base)
-            except Exception as exc:  # noqa: BLE001
-                log.error("%s torch.compile (%s) failed: %s", label, attention, str(exc).splitlines()[0][:300])
+        reference = eager.scores(groups[0])
+        del eager
+        t0 = time.perf_counter()
+        comp = Emotion2vec(e_am, dev, torch.bfloat16, compile="layers")
+        run_e(comp)
+        took = time.perf_counter() - t0
+        diff = float((comp.scores(groups[0]) - reference).abs().max())
+        bench.measure("speechq batched bf16, compiled layers", label, wavs, lambda: run_e(comp), flops,
+                      baseline=base, repeat=2, notes=f"compile time ({took:.0f} s) excluded; "
+                                                     f"scores vs eager: max diff {diff:.1e}")
+        del comp
 
-    if "e2v-16+8" not in e2v_results or "both" in skip:
+    if "e2v-16+8" not in e_flops or "both" in skip:
         finish(bench, fid, args)
         return
-    ours_e, e_flops, e_base = e2v_results["e2v-16+8"]
+    from shared.config import Settings
+    from workers.engine import Engine
+
+    t0 = time.perf_counter()
+    engine = Engine(Settings(sensevoice_model_dir=dirs["sensevoice"], emotion2vec_model_dir=dirs["e2v-16+8"]))
+    log.info("GPU worker engine ready in %.1f s", time.perf_counter() - t0)
 
     def run_both():
-        for g in groups:
-            ws = [wavs[i] for i in g]
-            sv_best(ws, ["auto"] * len(ws), [True] * len(ws))
-            ours_e(ws)
+        flights = [engine.submit(ws, ["auto"] * len(ws), [True] * len(ws)) for ws in groups]
+        for f in flights:
+            f.results()
 
-    bench.measure("speechq both models on every segment", "SenseVoiceSmall + emotion2vec+ large (16+8)", wavs,
-                  run_both, sv_flops + e_flops, notes="what a GPU worker runs per batch", repeat=2)
-
+    run_both()
+    bench.measure("speechq both models on every segment (the GPU worker's engine)",
+                  "SenseVoiceSmall + emotion2vec+ large (16+8)", wavs, run_both, sv_flops + e_flops["e2v-16+8"],
+                  notes="workers.engine.Engine as configured by default (SenseVoice packed, compiled layers); "
+                        "audio staged once for both models", repeat=2)
     finish(bench, fid, args)
 
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -60,7 +60,18 @@ class Settings(BaseSettings):
     batch_seconds: float = 300.0
     batch_flush_seconds: float = 5.0
     dtype: str = Field("bf16", description="bf16, fp16 or fp32 on CUDA; the CPU always runs fp32.")
-    compile: bool = Field(True, description="torch.compile the forwards on CUDA (minutes of warm-up, ~1.5x faster).")
+    compile: Literal["off", "model", "layers"] = Field(
+        "layers", description="torch.compile on CUDA: 'layers' compiles each repeated layer once (regional, about "
+        "30 s of warm-up), 'model' the whole forward (minutes), 'off' runs eager. true/false mean layers/off.")
+    gpu_packed: bool = Field(True, description="SenseVoice runs a batch's segments end to end (no padding "
+                             "arithmetic) rather than padded to the longest.")
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_bool(cls, value):
+        """Earlier releases took a boolean here."""
+        flag = str(value).strip().lower()
+        return {"true": "layers", "1": "layers", "yes": "layers", "false": "off", "0": "off", "no": "off"}.get(flag, value)
+
     gpu_write_behind: bool = Field(True, description="Store a batch's results on a side thread while the GPU "
                                                      "runs the next batch.")
     gpu_prefetch: int = Field(1, description="Messages a GPU worker reserves at once (contract 3 says 1).")

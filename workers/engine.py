@@ -12,8 +12,9 @@ import torch
 
 from shared.config import Settings
 from shared.models import registry
-from workers.emotion import Emotion2vec, EmotionScores
-from workers.sensevoice import SenseVoice, Transcript
+from workers.emotion import Emotion2vec, EmotionPending, EmotionScores
+from workers.sensevoice import Pending, SenseVoice, Transcript
+from workers.staging import stage, upload
 
 log = logging.getLogger(__name__)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -32,8 +33,8 @@ class Engine:
         started = time.perf_counter()
         sv = registry.load_automodel(settings.sensevoice_dir, device=str(self.device))
         e2v = registry.load_automodel(settings.emotion2vec_dir, device=str(self.device))
-        compile = settings.compile and self.device.type == "cuda"
-        self.sensevoice = SenseVoice(sv, self.device, dtype, compile=compile)
+        compile = settings.compile if self.device.type == "cuda" else "off"
+        self.sensevoice = SenseVoice(sv, self.device, dtype, compile=compile, packed=settings.gpu_packed)
         self.emotion = Emotion2vec(e2v, self.device, dtype, compile=compile)
         self.provenance = {
             "asr": registry.provenance(registry.SENSEVOICE, settings.sensevoice_dir),
@@ -54,9 +55,70 @@ class Engine:
             self.run(wavs, ["auto"] * n, [True] * n)
 
     def run(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> list[SegmentResult]:
-        transcripts = self.sensevoice(wavs, languages, itn)
-        emotions = self.emotion(wavs)
-        return [SegmentResult(t, e) for t, e in zip(transcripts, emotions)]
+        return self.submit(wavs, languages, itn).results()
+
+    def submit(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> InFlight:
+        """Queue both models on the device and return at once: the audio goes up once for both, and
+        the host is free to fetch and stage the next batch while the device works."""
+        if not wavs:
+            return InFlight(None, None, Span.start(self.device))
+        staged = stage(wavs, self.device)
+        span = Span.start(self.device)  # device time starts with the upload, after the host's part
+        wav, lengths = upload(staged, self.device)
+        host = torch.tensor([len(w) for w in wavs])
+        tokens = self.sensevoice.launch(wav, lengths, host, languages, itn)
+        emotions = self.emotion.launch(wav, lengths)
+        span.stop()
+        return InFlight(tokens, emotions, span)
+
+
+@dataclass
+class Span:
+    """The device time of one batch: from its upload to its last copy back (events on CUDA; on the
+    CPU the work is done by the time `stop` runs)."""
+    begin: torch.cuda.Event | float
+    end: torch.cuda.Event | float | None = None
+
+    @classmethod
+    def start(cls, device: torch.device) -> Span:
+        if device.type != "cuda":
+            return cls(time.perf_counter())
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return cls(event)
+
+    def stop(self) -> None:
+        if isinstance(self.begin, float):
+            self.end = time.perf_counter()
+        else:
+            self.end = torch.cuda.Event(enable_timing=True)
+            self.end.record()
+
+    def seconds(self) -> float:
+        """Waits for the end of the span."""
+        if self.end is None:
+            return 0.0
+        if isinstance(self.begin, float):
+            return self.end - self.begin
+        self.end.synchronize()
+        return self.begin.elapsed_time(self.end) / 1000
+
+
+@dataclass
+class InFlight:
+    """One batch's work queued on the device; `results()` waits for it and decodes on the host."""
+    tokens: Pending | None
+    emotions: EmotionPending | None
+    span: Span
+
+    def device_seconds(self) -> float:
+        return self.span.seconds()
+
+    def results(self) -> list[SegmentResult]:
+        if self.tokens is None:
+            return []
+        transcripts = self.tokens.model.decode(self.tokens.rows())
+        return [SegmentResult(t, e) for t, e in zip(transcripts, self.emotions.results())]
 
 
 _engine: Engine | None = None

@@ -132,33 +132,45 @@ def run_batch(self, batch_id: str) -> None:
     engine = get_engine(settings)
     t2 = time.perf_counter()
     try:
-        results = engine.run(wavs, [str(x) for x in data["languages"]], [bool(x) for x in data["itn"]])
+        flight = engine.submit(wavs, [str(x) for x in data["languages"]], [bool(x) for x in data["itn"]])
     except RuntimeError as exc:
-        if "CUDA" in str(exc) or "cuda" in str(exc):
-            log.critical("CUDA error, exiting so that the supervisor restarts this worker: %s", exc)
-            os._exit(70)  # the message is not acked: it is redelivered to a healthy worker
+        _exit_on_cuda_error(exc)
         raise
     t3 = time.perf_counter()
     self.send_event("task-progress", batch=batch_id, segments=len(ids), audio_seconds=batch.audio_seconds,
                     seconds=round(t3 - t0, 3))
     timing = (t0, t1, t2, t3)
     if settings.gpu_write_behind:
-        _write_behind.submit(store, batch, ids, results, engine, timing)
+        # the task returns while the device works: the next batch is claimed, read and queued meanwhile
+        _write_behind.submit(store, batch, ids, flight, engine, timing)
     else:
-        store(batch, ids, results, engine, timing)
+        store(batch, ids, flight, engine, timing)
 
 
-def store(batch: Batch, ids: list[str], results, engine, timing: tuple[float, float, float, float]) -> None:
+def _exit_on_cuda_error(exc: RuntimeError) -> None:
+    if "CUDA" in str(exc) or "cuda" in str(exc):
+        log.critical("CUDA error, exiting so that the supervisor restarts this worker: %s", exc)
+        os._exit(70)  # unacked messages are redelivered; a batch left `running` is re-run by the reconciler
+
+
+def store(batch: Batch, ids: list[str], flight, engine, timing: tuple[float, float, float, float]) -> None:
     t0, t1, t2, t3 = timing
     settings = get_settings()
+    try:
+        results = flight.results()
+    except RuntimeError as exc:
+        _exit_on_cuda_error(exc)
+        raise
+    t4 = time.perf_counter()
     ended = write_results(batch.id, ids, results, engine)
     remove_batch(Path(batch.path))
     spool = Spool(settings.spool)
     for job_id in ended:
         spool.clean_job(job_id)
-    t4 = time.perf_counter()
-    log.info("batch %s: %d segments, %.1f s audio; claim %.3f s, read %.3f s, model %.3f s, write %.3f s",
-             batch.id, len(ids), batch.audio_seconds, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+    t5 = time.perf_counter()
+    log.info("batch %s: %d segments, %.1f s audio; claim %.3f s, read %.3f s, launch %.3f s, gpu %.3f s, "
+             "wait %.3f s, write %.3f s", batch.id, len(ids), batch.audio_seconds, t1 - t0, t2 - t1, t3 - t2,
+             flight.device_seconds(), t4 - t3, t5 - t4)
 
 
 def write_results(batch_id: str, ids: list[str], results, engine) -> list[str]:

@@ -16,7 +16,8 @@ from shared.models.tokens import parse_tags
 from workers import sanm
 from workers.compiling import bucket_width, compiled, scope
 from workers.features import BatchFrontend
-from workers.staging import pad_batch, prepare
+from workers.packed import Layout
+from workers.staging import copied, pad_batch, prepare
 
 EVENT_EMO_QUERY = (1, 2)
 
@@ -32,10 +33,13 @@ class Transcript:
 
 class SenseVoice:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
-                 compile: bool | str = False, dynamic: bool | None = True, bucket_seconds: float = 0.0):
+                 compile: bool | str = False, dynamic: bool | None = True, bucket_seconds: float = 0.0,
+                 packed: bool = True):
         """compile: "off", "model" (the whole forward) or "layers" (each SAN-M layer, regional);
         see workers.compiling. True means "model". bucket_seconds: pad each batch's length up to a
-        multiple of it (static-shape compiles then see few lengths)."""
+        multiple of it (static-shape compiles then see few lengths). packed: segments end to end
+        (workers.packed) rather than padded to the longest."""
+        self.packed = packed
         self.bucket = int(bucket_seconds * 16000)
         self.model = prepare(automodel.model, device, dtype)
         self.tokenizer = automodel.kwargs["tokenizer"]
@@ -45,6 +49,7 @@ class SenseVoice:
         mode = scope(compile)
         self.shifted = mode != "off"
         self.layer = compiled(sanm.layer, dynamic) if mode == "layers" else sanm.layer
+        self.gap = sanm.gap(self.model.encoder)
         # CTC head padded to a multiple of 128 classes: GEMM libraries pick far better kernels
         # for 25088 than for 25055 outputs. Extra classes get -inf and never win the argmax.
         head = self.model.ctc.ctc_lo
@@ -62,34 +67,50 @@ class SenseVoice:
         ids = torch.tensor([[lang, *EVENT_EMO_QUERY, n] for lang, n in zip(lid, norm)])
         return ids.to(self.device, non_blocking=True)
 
-    def _encode(self, wav, lengths, query):
+    def _encode(self, wav, lengths, query, host_lengths: torch.Tensor | None = None):
+        """Logits, valid lengths and the layout: packed (1, N, V) when `host_lengths` (the samples
+        of each row, on the host) are given and packing is on, else padded (B, T, V)."""
         feats, n = self.frontend(wav, lengths)
         speech = torch.cat((self.model.embed(query), feats.to(self.dtype)), dim=1)
         lengths = n + query.shape[1]
-        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer)
-        return torch.nn.functional.linear(out, self.head_weight, self.head_bias), lengths
+        layout = None
+        if self.packed and host_lengths is not None:  # frame counts on the host too: no device sync
+            frames = (self.frontend.frames(host_lengths) + query.shape[1]).numpy()
+            layout = Layout.build(frames, speech.shape[1], self.gap, self.device)
+        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer, layout)
+        return torch.nn.functional.linear(out, self.head_weight, self.head_bias), lengths, layout
 
-    def _ids(self, wav, lengths, query):
-        logits, lengths = self._encode(wav, lengths, query)
-        return logits.argmax(dim=-1), lengths
+    def _ids(self, wav, lengths, query, host_lengths=None):
+        logits, lengths, layout = self._encode(wav, lengths, query, host_lengths)
+        return logits.argmax(dim=-1), lengths, layout
 
     @torch.inference_mode()
     def logits(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]):
         """CTC log-probabilities (B, T, V) in float32 and valid lengths."""
         wav, lengths = pad_batch(wavs, self.device)
-        logits, lengths = self._encode(wav, lengths, self._query(languages, itn))
+        host = torch.tensor([len(w) for w in wavs])
+        logits, lengths, layout = self._encode(wav, lengths, self._query(languages, itn), host)
+        if layout is not None:
+            logits = layout.unpack(logits[0])
         return torch.log_softmax(logits[..., : self.vocab].float(), dim=-1), lengths
 
     @torch.inference_mode()
-    def token_ids(self, wavs, languages, itn) -> tuple[np.ndarray, np.ndarray]:
-        wav, lengths = pad_batch(wavs, self.device, bucket_width(max(map(len, wavs)), self.bucket))
-        best, lengths = self._forward(wav, lengths, self._query(languages, itn))
-        return best.cpu().numpy(), lengths.cpu().numpy()  # one copy for the whole batch
+    def launch(self, wav: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor,
+               languages: list[str], itn: list[bool]) -> Pending:
+        """Queue the batch on the device and start copying the best tokens back; returns at once."""
+        best, lengths, layout = self._forward(wav, lengths, self._query(languages, itn), host_lengths)
+        return Pending(best.to(torch.int32).to("cpu", non_blocking=True),
+                       lengths.to("cpu", non_blocking=True), layout, copied(), self)
 
-    def decode(self, best: np.ndarray, lengths: np.ndarray) -> list[Transcript]:
+    def token_ids(self, wavs, languages, itn) -> list[np.ndarray]:
+        """Best CTC token per frame, one array per segment (waits for the device)."""
+        wav, lengths = pad_batch(wavs, self.device, bucket_width(max(map(len, wavs)), self.bucket))
+        host = torch.tensor([len(w) for w in wavs])
+        return self.launch(wav, lengths, host, languages, itn).rows()
+
+    def decode(self, rows: list[np.ndarray]) -> list[Transcript]:
         out = []
-        for row, n in zip(best, lengths):
-            seq = row[:n]
+        for seq in rows:
             if seq.size:
                 seq = seq[np.concatenate(([True], seq[1:] != seq[:-1]))]
             tokens = seq[seq != self.model.blank_id].tolist()
@@ -99,4 +120,22 @@ class SenseVoice:
     def __call__(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> list[Transcript]:
         if not wavs:
             return []
-        return self.decode(*self.token_ids(wavs, languages, itn))
+        return self.decode(self.token_ids(wavs, languages, itn))
+
+
+@dataclass
+class Pending:
+    """Best tokens on their way to the host (non-blocking copies); `rows()` waits for them."""
+    best: torch.Tensor  # (B, T) padded or (1, N) packed
+    lengths: torch.Tensor
+    layout: Layout | None
+    done: torch.cuda.Event | None
+    model: SenseVoice
+
+    def rows(self) -> list[np.ndarray]:
+        if self.done is not None:
+            self.done.synchronize()
+        best = self.best.numpy()
+        if self.layout is not None:
+            return self.layout.rows(best[0])
+        return [row[:n] for row, n in zip(best, self.lengths.numpy())]

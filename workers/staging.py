@@ -36,17 +36,39 @@ def _staging(numel: int, pinned: bool) -> torch.Tensor:
 def pad_batch(wavs: list[np.ndarray], device: torch.device, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-padded (B, T) float32 on `device`: segments go up packed end to end, padding happens there.
     T is the longest segment, or `width` where given (a shape bucket; at least the longest)."""
+    return upload(stage(wavs, device), device, width)
+
+
+def stage(wavs: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The host half of pad_batch: segments end to end in a (pinned, reused) host buffer."""
     lengths = torch.tensor([len(w) for w in wavs], dtype=torch.int64)
     flat = _staging(int(lengths.sum()), device.type == "cuda")
     np.concatenate([np.asarray(w, dtype=np.float32) for w in wavs], out=flat.numpy())
+    return flat, lengths
+
+
+def upload(staged: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+           width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The device half of pad_batch: one copy up, then padding on the device."""
+    flat, lengths = staged
     flat = flat.to(device, non_blocking=True)
     if device.type == "cuda":
         _pinned["copied"] = torch.cuda.Event()
         _pinned["copied"].record()
+    host_lengths = lengths
     lengths = lengths.to(device, non_blocking=True)
-    width = max(int(max(len(w) for w in wavs)), width or 0)
+    width = max(int(host_lengths.max()), width or 0)
     starts = torch.cumsum(lengths, 0) - lengths
     pos = torch.arange(width, device=device)[None, :]
     valid = pos < lengths[:, None]
     index = (starts[:, None] + pos).clamp_max(flat.numel() - 1)
     return torch.where(valid, flat[index], 0.0), lengths
+
+
+def copied() -> torch.cuda.Event | None:
+    """An event after the device-to-host copies queued so far (None on the CPU, where they are done)."""
+    if not torch.cuda.is_available():
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event

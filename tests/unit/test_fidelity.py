@@ -102,3 +102,53 @@ def test_fused_fsmn_equals_depthwise_conv(models_dir, wavs):
     with torch.inference_mode():
         assert torch.allclose(sanm.encode(enc, x, lengths, shifted=False), sanm.encode(enc, x, lengths, shifted=True),
                               atol=1e-5)
+
+
+def test_packed_equals_padded(models_dir, wavs):
+    """Segments end to end (workers.packed) give the padded batch's logits and tokens: the gaps keep
+    the FSMN memory and attention within each segment, positions restart per segment."""
+    am = registry.load_automodel(models_dir / "SenseVoiceSmall")
+    cpu = torch.device("cpu")
+    ws = wavs + [wavs[3][:500], wavs[0][:16000]]  # a very short one: fewer frames than the gap
+    langs, itn = ["auto", "en", "zh", "auto", "ja", "auto"], [True, False, True, False, True, True]
+    padded, lens = SenseVoice(am, cpu, packed=False).logits(ws, langs, itn)
+    packed, lens_p = SenseVoice(am, cpu, packed=True).logits(ws, langs, itn)
+    assert torch.equal(lens, lens_p)
+    for i, n in enumerate(lens.tolist()):
+        assert (packed[i, :n] - padded[i, :n]).abs().max() < 1e-5 * padded[i, :n].abs().max()
+    rows_padded = SenseVoice(am, cpu, packed=False).token_ids(ws, langs, itn)
+    rows_packed = SenseVoice(am, cpu).token_ids(ws, langs, itn)
+    assert all(np.array_equal(a, b) for a, b in zip(rows_padded, rows_packed))
+
+
+def test_layout_maps_round_trip():
+    from workers.packed import Layout
+
+    layout = Layout.build(np.array([3, 1, 4]), width=4, gap=2, device=torch.device("cpu"))
+    assert layout.total == 2 + 3 + 2 + 1 + 2 + 4
+    assert layout.starts.tolist() == [2, 7, 10]
+    padded = torch.arange(12, dtype=torch.float32).reshape(3, 4, 1) + 1
+    packed = layout.pack(padded)[:, 0]
+    assert packed[layout.valid].tolist() == [1, 2, 3, 5, 9, 10, 11, 12]
+    assert layout.positions[layout.valid].tolist() == [1, 2, 3, 1, 1, 2, 3, 4]
+    back = layout.unpack(packed[:, None])[:, :, 0]
+    for row, n in enumerate([3, 1, 4]):
+        assert torch.equal(back[row, :n], padded[row, :n, 0])
+
+
+def test_compiled_layers_equal_eager(models_dir, wavs):
+    """Regional compilation (each layer compiled once, reused) computes the eager function, for
+    several batch sizes without a compile per batch size."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    cpu = torch.device("cpu")
+    sv_am = registry.load_automodel(models_dir / "SenseVoiceSmall")
+    eager, comp = SenseVoice(sv_am, cpu), SenseVoice(sv_am, cpu, compile="layers")
+    e_am = registry.load_automodel(models_dir / "emotion2vec_plus_large")
+    e_eager, e_comp = Emotion2vec(e_am, cpu), Emotion2vec(e_am, cpu, compile="layers")
+    for batch in (wavs, wavs[:2], wavs[1:]):
+        langs, itn = ["auto"] * len(batch), [True] * len(batch)
+        assert all(np.array_equal(a, b) for a, b in zip(eager.token_ids(batch, langs, itn),
+                                                         comp.token_ids(batch, langs, itn)))
+        assert (e_eager.scores(batch) - e_comp.scores(batch)).abs().max() < 1e-5
