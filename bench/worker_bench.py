@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -123,6 +124,9 @@ def main() -> None:
         worker.terminate()
         worker.wait(60)
         valkey.stop()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log_path, args.out.with_suffix(".gpu-worker.log"))
     parts = np.array([[float(x) for x in m.groups()[2:]] for m in LINE.finditer(log_path.read_text())])
     # gpu: each batch's device time, from its upload to its last copy back (CUDA events). Batches
     # queue back to back on the device, so whatever the device spends waiting for the host (broker,

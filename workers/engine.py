@@ -31,6 +31,7 @@ class Engine:
         self.device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
         dtype = DTYPES[settings.dtype] if self.device.type == "cuda" else torch.float32
         started = time.perf_counter()
+        self.max_segment_seconds = settings.max_segment_seconds
         sv = registry.load_automodel(settings.sensevoice_dir, device=str(self.device))
         e2v = registry.load_automodel(settings.emotion2vec_dir, device=str(self.device))
         compile = settings.compile if self.device.type == "cuda" else "off"
@@ -48,10 +49,13 @@ class Engine:
                  os.environ.get("CUDA_VISIBLE_DEVICES", "-"), time.perf_counter() - started)
 
     def warm_up(self) -> None:
-        """Two batch shapes: compiled graphs become shape-generic on the second."""
+        """Batches of several sizes and lengths (up to the longest segment), so that the compiled
+        layers have met general shapes before the first real batch arrives."""
         rng = np.random.default_rng(0)
-        for n, seconds in ((2, 1.0), (3, 2.5)):
-            wavs = [(0.05 * rng.standard_normal(int(seconds * 16000))).astype(np.float32) for _ in range(n)]
+        longest = self.max_segment_seconds
+        for n, top in ((2, 1.0), (5, longest / 3), (11, longest)):
+            seconds = np.linspace(top, top / 3, n) + rng.uniform(0, 0.05, n)
+            wavs = [(0.05 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in seconds]
             self.run(wavs, ["auto"] * n, [True] * n)
 
     def run(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> list[SegmentResult]:
