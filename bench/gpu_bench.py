@@ -250,7 +250,7 @@ def main() -> None:
                                                        disable_pbar=True)).x_realtime
 
         def run_e(model):
-            pending = [model.launch(*pad_batch(ws, dev)) for ws in groups]
+            pending = [model.launch(*pad_batch(ws, dev), torch.tensor([len(w) for w in ws])) for ws in groups]
             for p in pending:
                 p.results()
 

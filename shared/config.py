@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     use_itn: bool = True
 
     max_segment_seconds: float = 30.0
-    batch_seconds: float = 300.0
+    batch_seconds: float = Field(1200.0, description="Padded audio seconds per GPU batch: large enough that the "
+                                 "GPU, not the host, sets the pace; peak GPU memory grows with it.")
     batch_flush_seconds: float = 5.0
     dtype: str = Field("bf16", description="bf16, fp16 or fp32 on CUDA; the CPU always runs fp32.")
     compile: Literal["off", "model", "layers"] = Field(

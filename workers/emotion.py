@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shared.batching import split_by_length
 from workers.compiling import batch_dynamic, bucket_width, compiled, scope
 from workers.staging import copied, pad_batch, prepare
 
@@ -95,6 +96,7 @@ class Emotion2vec:
         (each transformer block, regional), see workers.compiling; True means "model".
         bucket_seconds: pad each batch's length up to a multiple of it."""
         self.bucket = int(bucket_seconds * 16000)
+        self.split_ratio, self.split_min = 0.8, 300 * 16000  # see launch()
         self.model = prepare(automodel.model, device, dtype)
         tokenizer = automodel.kwargs.get("tokenizer")
         self.labels = list(tokenizer.token_list) if tokenizer is not None else []
@@ -227,11 +229,27 @@ class Emotion2vec:
         return self._scores(*self.embeddings(wavs))
 
     @torch.inference_mode()
-    def launch(self, wav: torch.Tensor, lengths: torch.Tensor) -> EmotionPending:
+    def launch(self, wav: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor | None = None) -> EmotionPending:
         """Queue a padded batch (raw waveforms, as staged for SenseVoice too) on the device and
-        start copying the scores back; returns at once."""
-        probs = self._scores(*self._encode(self._normalise(wav, lengths), lengths))
+        start copying the scores back; returns at once. With the lengths on the host too, the rows
+        run longest first in runs of similar length (shared.batching.split_by_length), each padded
+        only to its own longest: a batch that spans 3 to 30 s no longer pads every row to 30 s."""
+        if host_lengths is None or len(host_lengths) < 2:
+            probs = self._run(wav, lengths)
+        else:
+            host = host_lengths.numpy()
+            order = np.argsort(-host, kind="stable")
+            parts = []
+            for start, end in split_by_length(host[order].tolist(), self.split_ratio, self.split_min):
+                rows = torch.from_numpy(order[start:end]).to(self.device, non_blocking=True)
+                width = int(host[order[start]])
+                parts.append(self._run(wav.index_select(0, rows)[:, :width].contiguous(), lengths[rows]))
+            inverse = torch.from_numpy(np.argsort(order)).to(self.device, non_blocking=True)
+            probs = torch.cat(parts).index_select(0, inverse)
         return EmotionPending(probs.to("cpu", non_blocking=True), copied(), self)
+
+    def _run(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self._scores(*self._encode(self._normalise(wav, lengths), lengths))
 
     def _scores(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         w = valid.to(x.dtype)[..., None]

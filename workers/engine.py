@@ -32,6 +32,7 @@ class Engine:
         dtype = DTYPES[settings.dtype] if self.device.type == "cuda" else torch.float32
         started = time.perf_counter()
         self.max_segment_seconds = settings.max_segment_seconds
+        self.batch_seconds = settings.batch_seconds
         sv = registry.load_automodel(settings.sensevoice_dir, device=str(self.device))
         e2v = registry.load_automodel(settings.emotion2vec_dir, device=str(self.device))
         compile = settings.compile if self.device.type == "cuda" else "off"
@@ -49,11 +50,13 @@ class Engine:
                  os.environ.get("CUDA_VISIBLE_DEVICES", "-"), time.perf_counter() - started)
 
     def warm_up(self) -> None:
-        """Batches of several sizes and lengths (up to the longest segment), so that the compiled
-        layers have met general shapes before the first real batch arrives."""
+        """Batches of several sizes and lengths, the last as large as a packed batch gets, so that the
+        compiled layers have met general shapes (and 64-bit indexing where a full batch needs it)
+        before the first real batch arrives."""
         rng = np.random.default_rng(0)
         longest = self.max_segment_seconds
-        for n, top in ((2, 1.0), (5, longest / 3), (11, longest)):
+        full = int(self.batch_seconds // longest) if self.device.type == "cuda" else 11
+        for n, top in ((2, 1.0), (5, longest / 3), (max(full, 11), longest)):
             seconds = np.linspace(top, top / 3, n) + rng.uniform(0, 0.05, n)
             wavs = [(0.05 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in seconds]
             self.run(wavs, ["auto"] * n, [True] * n)
@@ -71,7 +74,7 @@ class Engine:
         wav, lengths = upload(staged, self.device)
         host = torch.tensor([len(w) for w in wavs])
         tokens = self.sensevoice.launch(wav, lengths, host, languages, itn)
-        emotions = self.emotion.launch(wav, lengths)
+        emotions = self.emotion.launch(wav, lengths, host)
         span.stop()
         return InFlight(tokens, emotions, span)
 

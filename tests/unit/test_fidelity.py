@@ -152,3 +152,17 @@ def test_compiled_layers_equal_eager(models_dir, wavs):
         assert all(np.array_equal(a, b) for a, b in zip(eager.token_ids(batch, langs, itn),
                                                          comp.token_ids(batch, langs, itn)))
         assert (e_eager.scores(batch) - e_comp.scores(batch)).abs().max() < 1e-5
+
+
+def test_emotion2vec_runs_of_similar_length_equal_one_batch(models_dir, wavs):
+    """launch() with host lengths runs rows in length runs, each padded to its own longest: the
+    scores are those of the whole padded batch, in the caller's order."""
+    from workers.staging import pad_batch
+
+    am = registry.load_automodel(models_dir / "emotion2vec_plus_large")
+    cpu = torch.device("cpu")
+    ours = Emotion2vec(am, cpu)
+    ours.split_min = 0  # the test clips are short: split them anyway
+    wav, lengths = pad_batch(wavs, cpu)
+    split = ours.launch(wav, lengths, torch.tensor([len(w) for w in wavs])).probs
+    assert torch.allclose(split, ours.scores(wavs), atol=1e-5)
