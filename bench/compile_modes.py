@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from bench.common import commit, utterances
-from bench.gpu_bench import batches, ensure_models
+from bench.gpu_bench import batches, ensure_models, registry_vad_dir, vad_cut
 from shared.logs import quiet_third_parties
 from shared.models import registry
 from workers.emotion import Emotion2vec
 from workers.sensevoice import SenseVoice
+from workers.staging import pad_batch
 
 log = logging.getLogger("bench.compile")
 MODES = {  # name: (compile scope, dynamic, bucket seconds); a "-flex" suffix: emotion2vec's FlexAttention
@@ -69,6 +70,10 @@ def main() -> None:
     p.add_argument("--sdpa", default="", help="emotion2vec attention backends to compare on the fixed bucket "
                    "(eager, dense bias), e.g. efficient,cudnn; with --align lengths, e.g. 8,64")
     p.add_argument("--align", default="8")
+    p.add_argument("--calls", type=Path, default=None, help="add VAD-cut segments of these calls to the mix")
+    p.add_argument("--call-minutes", type=float, default=0.0)
+    p.add_argument("--e2v-splits", default="", help="emotion2vec (compiled layers) on the mix with these "
+                   "length-run settings, ratio:min_seconds or none, e.g. none,0.8:300,0.7:600")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -78,7 +83,7 @@ def main() -> None:
     n, seconds = args.bucket.split("x")
     length = int(float(seconds) * 16000)
     fixed = [np.resize(w, length) for w in utterances(int(n), seed=1)]
-    wavs = utterances(256)
+    wavs = utterances(256) + vad_cut(args.calls, registry_vad_dir(), args.call_minutes)
     groups = [[wavs[i] for i in g] for g in batches(wavs, args.batch_seconds)]
     mix_seconds = sum(map(len, wavs)) / 16000
     rows = []
@@ -109,6 +114,8 @@ def main() -> None:
             log.info("%s", row)
             rows.append(row)
             del run
+    if args.e2v_splits:
+        rows += e2v_splits(args, dirs, dev, groups, mix_seconds)
     if args.sdpa:
         rows += sdpa_backends(args, dirs, dev, fixed, length)
     print(f"\n| model | mode | compile (fixed) s | fixed {args.bucket} × | compile (mix) s | mix × | peak GiB |")
@@ -119,6 +126,31 @@ def main() -> None:
               + (f" error: {r['error']}" if "error" in r else ""))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def e2v_splits(args, dirs, dev, groups, mix_seconds) -> list[dict]:
+    am = registry.load_automodel(dirs["e2v-16+8"], device="cuda")
+    model = Emotion2vec(am, dev, torch.bfloat16, compile="layers")
+    staged = [(pad_batch(ws, dev), torch.tensor([len(w) for w in ws])) for ws in groups]
+    rows = []
+    for setting in args.e2v_splits.split(","):
+        if setting != "none":
+            ratio, seconds = setting.split(":")
+            model.split_ratio, model.split_min = float(ratio), int(float(seconds) * 16000)
+
+        def run():
+            pending = [model.launch(wav, lengths, None if setting == "none" else host)
+                       for (wav, lengths), host in staged]
+            for p in pending:
+                p.results()
+
+        torch.cuda.reset_peak_memory_stats()
+        row = {"model": "e2v", "mode": f"layers-dynamic runs={setting}", "compile_mix_s": timed(run, 1)}
+        row["mix_x"] = mix_seconds / timed(run, 3)
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        log.info("%s", row)
+        rows.append(row)
+    return rows
 
 
 def sdpa_backends(args, dirs, dev, fixed, length) -> list[dict]:
