@@ -25,7 +25,12 @@ def main() -> None:
     p.add_argument("--models-dir", type=Path, default=Path("/tmp/speechq-bench-models"))
     p.add_argument("--batch-seconds", type=float, default=3000.0)
     p.add_argument("--rows", type=int, default=18)
+    p.add_argument("--engine", action="store_true",
+                   help="the GPU worker's engine instead: host-side profile of one steady-state submit()")
     args = p.parse_args()
+    if args.engine:
+        engine_host_profile(args)
+        return
     dirs = ensure_models(args.models_dir, "full")
     quiet_third_parties()
     wavs = utterances(256)
@@ -55,6 +60,30 @@ def main() -> None:
         print(f"\n## {name}: {len(group)} segments, {audio:.0f} s audio, wall {wall * 1000:.1f} ms "
               f"({audio / wall:,.0f}x), GPU busy {gpu * 1000:.1f} ms ({100 * gpu / wall:.0f}% of wall)")
         print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+
+
+def engine_host_profile(args) -> None:
+    """Where the host's time goes while it queues one batch (the device should never wait on it)."""
+    from shared.config import Settings
+    from workers.engine import Engine
+
+    dirs = ensure_models(args.models_dir, "full")
+    quiet_third_parties()
+    engine = Engine(Settings(sensevoice_model_dir=dirs["sensevoice"], emotion2vec_model_dir=dirs["e2v-16+8"],
+                             batch_seconds=args.batch_seconds))
+    wavs = utterances(600, seed=5)
+    groups = [[wavs[i] for i in g] for g in batches(wavs, args.batch_seconds)][:4]
+    for g in groups:  # shapes met once
+        engine.run(g, ["auto"] * len(g), [True] * len(g))
+    flights = [engine.submit(g, ["auto"] * len(g), [True] * len(g)) for g in groups[:2]]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        flights.append(engine.submit(groups[2], ["auto"] * len(groups[2]), [True] * len(groups[2])))
+        host = time.perf_counter() - t0
+    for f in flights:
+        f.results()
+    print(f"\n## engine.submit of {sum(map(len, groups[2])) / 16000:.0f} s audio: {host * 1000:.1f} ms on the host")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
 
 
 if __name__ == "__main__":

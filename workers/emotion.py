@@ -102,6 +102,10 @@ class Emotion2vec:
         self.labels = list(tokenizer.token_list) if tokenizer is not None else []
         self.keep = [i for i, lab in enumerate(self.labels) if not lab.startswith("unuse")]
         self.kept = torch.tensor(self.keep, dtype=torch.long, device=device)
+        if device.type == "cuda" and device.index is None:
+            # funasr caches the ALiBi table per device and compares devices: "cuda" != "cuda:0"
+            # would rebuild it on the host and copy it up (a stream sync) on every batch
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.dtype = dtype
         self.encoder = self.model.modality_encoders["AUDIO"]
