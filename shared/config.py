@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     compile: Literal["off", "model", "layers"] = Field(
         "layers", description="torch.compile on CUDA: 'layers' compiles each repeated layer once (regional, about "
         "30 s of warm-up), 'model' the whole forward (minutes), 'off' runs eager. true/false mean layers/off.")
+    gpu_cudnn_attention: bool = Field(False, description="Let attention use cuDNN's kernels. They are fast, "
+                                      "but build a plan for every new batch shape (up to a second each).")
     gpu_packed: bool = Field(True, description="SenseVoice runs a batch's segments end to end (no padding "
                              "arithmetic) rather than padded to the longest.")
     @field_validator("compile", mode="before")

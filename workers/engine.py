@@ -36,6 +36,8 @@ class Engine:
         sv = registry.load_automodel(settings.sensevoice_dir, device=str(self.device))
         e2v = registry.load_automodel(settings.emotion2vec_dir, device=str(self.device))
         compile = settings.compile if self.device.type == "cuda" else "off"
+        if self.device.type == "cuda":  # before compiling: the attention backend is chosen at trace time
+            torch.backends.cuda.enable_cudnn_sdp(settings.gpu_cudnn_attention)
         self.sensevoice = SenseVoice(sv, self.device, dtype, compile=compile, packed=settings.gpu_packed)
         self.emotion = Emotion2vec(e2v, self.device, dtype, compile=compile)
         self.provenance = {
