@@ -57,8 +57,10 @@ class Engine:
         before the first real batch arrives."""
         rng = np.random.default_rng(0)
         longest = self.max_segment_seconds
-        full = int(self.batch_seconds // longest) if self.device.type == "cuda" else 11
-        for n, top, low in ((2, 1.0, 1 / 3), (5, longest / 3, 1 / 3), (11, longest, 1 / 3), (max(full, 11), longest, 1)):
+        shapes = [(2, 1.0, 1 / 3), (5, longest / 3, 1 / 3)]
+        if self.device.type == "cuda":  # where the layers are compiled
+            shapes += [(11, longest, 1 / 3), (max(int(self.batch_seconds // longest), 11), longest, 1)]
+        for n, top, low in shapes:
             # the last: equal lengths, so that emotion2vec runs it as one run of the whole budget
             seconds = np.linspace(top, top * low, n) + rng.uniform(0, 0.05, n) * (low < 1)
             wavs = [(0.05 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in seconds]
