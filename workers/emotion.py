@@ -90,9 +90,9 @@ class Emotion2vec:
                  compile: bool | str = False, attention: str = "auto", dynamic: bool | None = True,
                  bucket_seconds: float = 0.0):
         """attention: "dense" (SDPA with a (B, H, N, N) ALiBi + padding bias) or "flex" (FlexAttention:
-        ALiBi computed in the kernel, padded key blocks skipped; equal to dense in tests, but under
-        torch 2.11's dynamic-shape compile on an H100 it hit an illegal memory access, see
-        BENCHMARKS.md). "auto" is dense until that is resolved. compile: "off", "model" or "layers"
+        ALiBi computed in the kernel, padded key blocks skipped; equal to dense in tests, but on an
+        H100 with torch 2.11 its compiled kernel is 9x slower than SDPA with the bias, see
+        BENCHMARKS.md). "auto" is dense. compile: "off", "model" or "layers"
         (each transformer block, regional), see workers.compiling; True means "model".
         bucket_seconds: pad each batch's length up to a multiple of it."""
         self.bucket = int(bucket_seconds * 16000)
