@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     def _compile_bool(cls, value):
         """Earlier releases took a boolean here."""
         flag = str(value).strip().lower()
-        return {"true": "layers", "1": "layers", "yes": "layers", "false": "off", "0": "off", "no": "off"}.get(flag, value)
+        words = {"true": "layers", "1": "layers", "yes": "layers", "false": "off", "0": "off", "no": "off"}
+        return words.get(flag, value)
 
     gpu_write_behind: bool = Field(True, description="Store a batch's results on a side thread while the GPU "
                                                      "runs the next batch.")

@@ -233,7 +233,8 @@ class Emotion2vec:
         return self._scores(*self.embeddings(wavs))
 
     @torch.inference_mode()
-    def launch(self, wav: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor | None = None) -> EmotionPending:
+    def launch(self, wav: torch.Tensor, lengths: torch.Tensor,
+               host_lengths: torch.Tensor | None = None) -> EmotionPending:
         """Queue a padded batch (raw waveforms, as staged for SenseVoice too) on the device and
         start copying the scores back; returns at once. With the lengths on the host too, the rows
         run longest first in runs of similar length (shared.batching.split_by_length), each padded

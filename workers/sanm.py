@@ -3,7 +3,8 @@
 Same weights and the same function as funasr's SenseVoiceEncoderSmall.forward in eval mode, but
 attention goes through scaled_dot_product_attention with a key-padding mask (no (B, H, T, T)
 score tensor in memory), and the whole forward is free of Python-side shape logic, so that
-torch.compile can fuse it.
+torch.compile can fuse it. The layers also run on a packed sequence (workers.packed): segments
+end to end, attention in the padded layout.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _attention(attn, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, sh
     inputs = v * keep
     memory = (_fsmn(attn, inputs, shifted) + inputs) * keep
     b, t = keys.shape[0], keys.shape[-1]
-    rows = qkv.reshape(b, t, 3, attn.h, attn.d_k) if to_rows is None else qkv[0][to_rows].reshape(b, t, 3, attn.h, attn.d_k)
+    rows = (qkv if to_rows is None else qkv[0][to_rows]).reshape(b, t, 3, attn.h, attn.d_k)
     q, k, v = (z.transpose(1, 2) for z in rows.unbind(2))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys).transpose(1, 2).reshape(b, t, attn.h * attn.d_k)
     if to_packed is not None:

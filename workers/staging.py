@@ -33,7 +33,8 @@ def _staging(numel: int, pinned: bool) -> torch.Tensor:
     return buf[:numel]
 
 
-def pad_batch(wavs: list[np.ndarray], device: torch.device, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(wavs: list[np.ndarray], device: torch.device,
+              width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-padded (B, T) float32 on `device`: segments go up packed end to end, padding happens there.
     T is the longest segment, or `width` where given (a shape bucket; at least the longest)."""
     return upload(stage(wavs, device), device, width)
