@@ -39,7 +39,7 @@ class SenseVoice:
         see workers.compiling. True means "model". bucket_seconds: pad each batch's length up to a
         multiple of it (static-shape compiles then see few lengths). packed: segments end to end
         (workers.packed) rather than padded to the longest."""
-        self.packed = packed
+        self.packed = packed and scope(compile) != "model"  # the packed layout is built on the host
         self.bucket = int(bucket_seconds * 16000)
         self.model = prepare(automodel.model, device, dtype)
         self.tokenizer = automodel.kwargs["tokenizer"]
