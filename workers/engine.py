@@ -77,7 +77,7 @@ class Engine:
         staged = stage(wavs, self.device)
         span = Span.start(self.device)  # device time starts with the upload, after the host's part
         wav, lengths = upload(staged, self.device)
-        host = torch.tensor([len(w) for w in wavs])
+        host = staged[1]  # the samples of each segment, still on the host
         tokens = self.sensevoice.launch(wav, lengths, host, languages, itn)
         emotions = self.emotion.launch(wav, lengths, host)
         span.stop()

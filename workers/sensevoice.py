@@ -17,7 +17,7 @@ from workers import sanm
 from workers.compiling import bucket_width, compiled, scope
 from workers.features import BatchFrontend
 from workers.packed import Layout
-from workers.staging import copied, pad_batch, prepare
+from workers.staging import copied, prepare, stage, upload
 
 EVENT_EMO_QUERY = (1, 2)
 
@@ -39,14 +39,14 @@ class SenseVoice:
         see workers.compiling. True means "model". bucket_seconds: pad each batch's length up to a
         multiple of it (static-shape compiles then see few lengths). packed: segments end to end
         (workers.packed) rather than padded to the longest."""
-        self.packed = packed and scope(compile) != "model"  # the packed layout is built on the host
+        mode = scope(compile)
+        self.packed = packed and mode != "model"  # the packed layout is built on the host
         self.bucket = int(bucket_seconds * 16000)
         self.model = prepare(automodel.model, device, dtype)
         self.tokenizer = automodel.kwargs["tokenizer"]
         self.device = device
         self.dtype = dtype
         self.frontend = BatchFrontend(automodel.kwargs["frontend"], device)
-        mode = scope(compile)
         self.shifted = mode != "off"
         self.layer = compiled(sanm.layer, dynamic) if mode == "layers" else sanm.layer
         self.gap = sanm.gap(self.model.encoder)
@@ -87,9 +87,9 @@ class SenseVoice:
     @torch.inference_mode()
     def logits(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]):
         """CTC log-probabilities (B, T, V) in float32 and valid lengths."""
-        wav, lengths = pad_batch(wavs, self.device)
-        host = torch.tensor([len(w) for w in wavs])
-        logits, lengths, layout = self._encode(wav, lengths, self._query(languages, itn), host)
+        staged = stage(wavs, self.device)
+        wav, lengths = upload(staged, self.device)
+        logits, lengths, layout = self._encode(wav, lengths, self._query(languages, itn), staged[1])
         if layout is not None:
             logits = layout.unpack(logits[0])
         return torch.log_softmax(logits[..., : self.vocab].float(), dim=-1), lengths
@@ -104,9 +104,9 @@ class SenseVoice:
 
     def token_ids(self, wavs, languages, itn) -> list[np.ndarray]:
         """Best CTC token per frame, one array per segment (waits for the device)."""
-        wav, lengths = pad_batch(wavs, self.device, bucket_width(max(map(len, wavs)), self.bucket))
-        host = torch.tensor([len(w) for w in wavs])
-        return self.launch(wav, lengths, host, languages, itn).rows()
+        staged = stage(wavs, self.device)
+        wav, lengths = upload(staged, self.device, bucket_width(max(map(len, wavs)), self.bucket))
+        return self.launch(wav, lengths, staged[1], languages, itn).rows()
 
     def decode(self, rows: list[np.ndarray]) -> list[Transcript]:
         out = []
