@@ -217,20 +217,33 @@ def main() -> None:
                                        groups[0])
     log.info("SenseVoice: %.2f GFLOP per audio second (padded batch)", sv_flops)
     note = f"batches of ≤{args.batch_seconds:.0f} padded s"
-    systems = [("speechq batched bf16, padded, eager", padded, note)]
-    if "eager-packed" not in skip:
-        systems.append(("speechq batched bf16, packed, eager", SenseVoice(sv_am, dev, torch.bfloat16), note))
-    if "compile" not in skip and "compile-sv" not in skip:
-        systems.append(("speechq batched bf16, packed, compiled layers", None, note + "; compile time excluded"))
-    for name, model, notes in systems:
-        if model is None:
-            t0 = time.perf_counter()
-            model = SenseVoice(sv_am, dev, torch.bfloat16, compile="layers")
-            run_sv(model)
-            notes += f" ({time.perf_counter() - t0:.0f} s to compile)"
+    # name, skip key, constructor arguments (None: the padded model above); compiled ones are built
+    # when their turn comes, their compile time (and graph captures) excluded
+    systems = [("speechq batched bf16, padded, eager", "eager-padded", None),
+               ("speechq batched bf16, packed varlen, compiled layers, CUDA graphs", "graphs",
+                {"attention": "varlen", "compile": "layers", "graphs": True}),
+               ("speechq batched bf16, packed varlen, compiled layers", "compile-varlen",
+                {"attention": "varlen", "compile": "layers"}),
+               ("speechq batched bf16, packed, compiled layers", "compile-padded-attention",
+                {"attention": "padded", "compile": "layers"}),
+               ("speechq batched bf16, packed, eager", "eager-packed", {"attention": "padded"})]
+    reference = padded.token_ids(groups[0], ["auto"] * len(groups[0]), [True] * len(groups[0]))
+    for name, key, kwargs in systems:
+        if key in skip or ("compile" in kwargs if kwargs else False) and ({"compile", "compile-sv"} & skip):
+            continue
+        t0 = time.perf_counter()
+        model = padded if kwargs is None else SenseVoice(sv_am, dev, torch.bfloat16, **kwargs)
         run_sv(model)
+        notes = note + (f"; {time.perf_counter() - t0:.0f} s to compile, excluded" if kwargs and "compile" in kwargs
+                        else "")
+        rows = model.token_ids(groups[0], ["auto"] * len(groups[0]), [True] * len(groups[0]))
+        same = sum(np.array_equal(a, b) for a, b in zip(rows, reference))
+        notes += f"; tokens equal the padded eager batch's in {same}/{len(rows)} segments"
         bench.measure(name, "SenseVoiceSmall", wavs, lambda m=model: run_sv(m), sv_flops, baseline=b1.x_realtime,
                       notes=notes, repeat=2)
+        if model is not padded:
+            del model
+        torch.cuda.empty_cache()
     del systems
 
     if "emotion2vec" in skip:

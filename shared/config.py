@@ -68,6 +68,8 @@ class Settings(BaseSettings):
                                       "but build a plan for every new batch shape (up to a second each).")
     gpu_packed: bool = Field(True, description="SenseVoice runs a batch's segments end to end (no padding "
                              "arithmetic) rather than padded to the longest.")
+    gpu_cuda_graphs: bool = Field(True, description="SenseVoice's packed encoder replays from CUDA graphs, "
+                                  "one per bucket of batch shapes, captured on first use.")
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_bool(cls, value):

@@ -38,7 +38,8 @@ class Engine:
         compile = settings.compile if self.device.type == "cuda" else "off"
         if self.device.type == "cuda":  # before compiling: the attention backend is chosen at trace time
             torch.backends.cuda.enable_cudnn_sdp(settings.gpu_cudnn_attention)
-        self.sensevoice = SenseVoice(sv, self.device, dtype, compile=compile, packed=settings.gpu_packed)
+        self.sensevoice = SenseVoice(sv, self.device, dtype, compile=compile, packed=settings.gpu_packed,
+                                     graphs=settings.gpu_cuda_graphs)
         self.emotion = Emotion2vec(e2v, self.device, dtype, compile=compile)
         self.provenance = {
             "asr": registry.provenance(registry.SENSEVOICE, settings.sensevoice_dir),

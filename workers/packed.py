@@ -3,8 +3,14 @@
 A length-sorted batch still pads every segment to its longest; with a shallow queue a batch spans
 3 to 15 s and a third of the arithmetic is spent on padding. Packed, every per-frame operation
 (the GEMMs, LayerNorms, the FSMN memory) runs on real frames only. `gap` unused frames before each
-segment keep a convolution over time from reaching across segments (its inputs are masked there),
-and attention goes back to a padded (B, T) layout, which costs two gathers per layer.
+segment keep a convolution over time from reaching across segments (its inputs are masked there).
+Attention either goes back to a padded (B, T) layout, which costs two gathers per layer, or, with
+`varlen`, runs on the packed sequence itself (FlashAttention's variable-length kernel): every
+segment, every gap and the tail padding is then an attention sequence of its own, so that no frame
+attends across a boundary and every frame's output stays finite.
+
+With `bucketed`, the packed length, the number of attention sequences and the longest sequence are
+rounded up (workers.graphs.bucket) so that a CUDA graph captured for one batch replays for the next.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from workers.graphs import bucket
 
 
 @dataclass
@@ -25,13 +33,18 @@ class Layout:
     to_packed: torch.Tensor  # (N,) for each packed frame, the padded slot it reads (gaps: any)
     valid: torch.Tensor  # (N,) True on segment frames, False in gaps
     positions: torch.Tensor  # (N,) 1-based position of each frame within its segment (0 in gaps)
+    seqs: torch.Tensor | None = None  # varlen: (S + 1,) int32 bounds of the attention sequences
+    longest: int = 0  # varlen: no attention sequence is longer
 
     @classmethod
-    def build(cls, lengths: np.ndarray, width: int, gap: int, device: torch.device) -> Layout:
+    def build(cls, lengths: np.ndarray, width: int, gap: int, device: torch.device,
+              varlen: bool = False, bucketed: bool = False) -> Layout:
         """lengths: valid frames of each padded row; width: the padded length T."""
         lengths = np.asarray(lengths, dtype=np.int64)
         starts = np.cumsum(lengths + gap) - lengths
         total = int(starts[-1] + lengths[-1]) if len(lengths) else 0
+        if bucketed:
+            total = bucket(total)
         rows = np.repeat(np.arange(len(lengths)), lengths)
         within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(np.r_[0, lengths[:-1]]), lengths)
         packed_at = np.repeat(starts, lengths) + within
@@ -44,7 +57,22 @@ class Layout:
         positions = np.zeros(total, dtype=np.int64)
         positions[packed_at] = within + 1
         put = lambda a: torch.from_numpy(a).to(device, non_blocking=True)  # noqa: E731
-        return cls(lengths, starts, total, width, put(to_rows), put(to_packed), put(valid), put(positions))
+        layout = cls(lengths, starts, total, width, put(to_rows), put(to_packed), put(valid), put(positions))
+        if varlen:
+            seqs, layout.longest = _sequences(starts, lengths, total, gap, bucketed)
+            layout.seqs = put(seqs)
+        return layout
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        """The shapes a captured graph depends on."""
+        return self.total, 0 if self.seqs is None else len(self.seqs), self.longest
+
+    def attention(self) -> dict:
+        """The arguments that workers.sanm.layer needs to attend within segments."""
+        if self.seqs is not None:
+            return {"seqs": self.seqs, "longest": self.longest}
+        return {"to_rows": self.to_rows, "to_packed": self.to_packed}
 
     def pack(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (N, D)."""
@@ -57,3 +85,22 @@ class Layout:
     def rows(self, values: np.ndarray) -> list[np.ndarray]:
         """Host-side (N, ...) values split back into one array per segment."""
         return [values[s:s + n] for s, n in zip(self.starts, self.lengths)]
+
+
+def _sequences(starts: np.ndarray, lengths: np.ndarray, total: int, gap: int,
+               bucketed: bool) -> tuple[np.ndarray, int]:
+    """Bounds of the attention sequences that tile [0, total): each gap, each segment, and the tail
+    in pieces no longer than the longest segment; bucketed, the longest is rounded up to a power of
+    two and the bounds are padded with empty sequences to a power-of-two count."""
+    longest = max(int(lengths.max()) if len(lengths) else 1, gap, 1)
+    if bucketed:
+        longest = 1 << (longest - 1).bit_length()
+    ends = starts + lengths
+    bounds = np.stack([starts - gap, starts, ends], axis=1).reshape(-1) if gap else np.stack([starts, ends], 1).reshape(-1)
+    last = int(ends[-1]) if len(ends) else 0
+    tail = np.arange(last + longest, total, longest)
+    bounds = np.unique(np.concatenate([[0], bounds, tail, [total]]))
+    if bucketed:
+        count = 1 << (len(bounds) - 2).bit_length()  # sequences, a power of two
+        bounds = np.concatenate([bounds, np.full(count + 1 - len(bounds), total)])
+    return bounds.astype(np.int32), longest

@@ -4,7 +4,7 @@ Same weights and the same function as funasr's SenseVoiceEncoderSmall.forward in
 attention goes through scaled_dot_product_attention with a key-padding mask (no (B, H, T, T)
 score tensor in memory), and the whole forward is free of Python-side shape logic, so that
 torch.compile can fuse it. The layers also run on a packed sequence (workers.packed): segments
-end to end, attention in the padded layout.
+end to end, attention in the padded layout or, varlen, on the packed sequence itself.
 """
 
 from __future__ import annotations
@@ -34,14 +34,35 @@ def _fsmn(attn, inputs: torch.Tensor, shifted: bool) -> torch.Tensor:
     return out
 
 
-def _attention(attn, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, shifted: bool,
-               to_rows: torch.Tensor | None, to_packed: torch.Tensor | None) -> torch.Tensor:
-    """x: (B, T, D) padded, or (1, N, D) packed (then `to_rows`/`to_packed` map between the packed
-    sequence and the padded (B, T) layout that attention runs in; keys is (B, 1, 1, T) either way)."""
+def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqs: torch.Tensor, longest: int) -> torch.Tensor:
+    """Attention within each sequence [seqs[i], seqs[i+1]) of a packed (N, H, D) q, k, v.
+    On CUDA FlashAttention's variable-length kernel; elsewhere (tests) a block-diagonal mask."""
+    if q.is_cuda:
+        from torch.nn.attention.varlen import varlen_attn
+
+        return varlen_attn(q, k, v, seqs, seqs, longest, longest)
+    frames = torch.arange(q.shape[0], device=q.device, dtype=seqs.dtype)
+    which = torch.searchsorted(seqs, frames, right=True)
+    same = which[:, None] == which[None, :]
+    return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                          attn_mask=same).transpose(0, 1)
+
+
+def _attention(attn, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: torch.Tensor | None,
+               to_rows: torch.Tensor | None, to_packed: torch.Tensor | None,
+               seqs: torch.Tensor | None, longest: int) -> torch.Tensor:
+    """x: (B, T, D) padded (keys: the (B, 1, 1, T) key mask), or (1, N, D) packed: then either
+    `to_rows`/`to_packed` map between the packed sequence and the padded (B, T) layout that attention
+    runs in, or attention runs on the packed sequence within the bounds `seqs` (varlen)."""
     qkv = attn.linear_q_k_v(x)
     v = qkv[..., 2 * attn.h * attn.d_k:]
     inputs = v * keep
     memory = (_fsmn(attn, inputs, shifted) + inputs) * keep
+    if seqs is not None:
+        n = qkv.shape[1]
+        q, k, v = qkv[0].reshape(n, 3, attn.h, attn.d_k).unbind(1)
+        out = _varlen(q, k, v, seqs, longest).reshape(1, n, attn.h * attn.d_k)
+        return attn.linear_out(out) + memory
     b, t = keys.shape[0], keys.shape[-1]
     rows = (qkv if to_rows is None else qkv[0][to_rows]).reshape(b, t, 3, attn.h, attn.d_k)
     q, k, v = (z.transpose(1, 2) for z in rows.unbind(2))
@@ -51,10 +72,11 @@ def _attention(attn, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, sh
     return attn.linear_out(out) + memory
 
 
-def layer(block, x: torch.Tensor, keep: torch.Tensor, keys: torch.Tensor, shifted: bool,
-          to_rows: torch.Tensor | None = None, to_packed: torch.Tensor | None = None) -> torch.Tensor:
+def layer(block, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: torch.Tensor | None = None,
+          to_rows: torch.Tensor | None = None, to_packed: torch.Tensor | None = None,
+          seqs: torch.Tensor | None = None, longest: int = 0) -> torch.Tensor:
     """One SAN-M encoder layer (funasr's EncoderLayerSANM.forward in eval mode), padded or packed."""
-    attended = _attention(block.self_attn, block.norm1(x), keep, keys, shifted, to_rows, to_packed)
+    attended = _attention(block.self_attn, block.norm1(x), keep, shifted, keys, to_rows, to_packed, seqs, longest)
     x = x + attended if block.in_size == block.size else attended
     return x + block.feed_forward(block.norm2(x))
 
@@ -65,24 +87,35 @@ def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = Fal
     `layout`, the packed (1, N, 512). `run` applies one layer (`layer`, or a compiled copy of it)."""
     valid = torch.arange(xs.shape[1], device=xs.device)[None, :] < lengths[:, None]
     keys = valid[:, None, None, :]
-    scale = encoder.output_size() ** 0.5
     if layout is None:
         keep = valid[..., None].to(xs.dtype)
-        xs = encoder.embed(xs * scale)
+        xs = encoder.embed(xs * encoder.output_size() ** 0.5)
         batch_dynamic(xs, keep, keys)
-        maps = (None, None)
-    else:
-        keep = layout.valid[None, :, None].to(xs.dtype)
-        xs = layout.pack(xs)[None] * scale
-        xs = xs + encoder.embed.encode(layout.positions[None], xs.shape[-1], xs.dtype)
-        maps = (layout.to_rows, layout.to_packed)
+        return layers(encoder, xs, keep, shifted, run, keys=keys)
+    attend = layout.attention()
+    if layout.seqs is None:
+        attend["keys"] = keys
+    return layers(encoder, embed_packed(encoder, xs, layout), layout.valid, shifted, run, **attend)
+
+
+def embed_packed(encoder, xs: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """(B, T, 560) padded features -> (N, 560) packed, scaled, positions added (each segment's from 1)."""
+    xs = layout.pack(xs) * encoder.output_size() ** 0.5
+    return xs + encoder.embed.encode(layout.positions[None], xs.shape[-1], xs.dtype)[0]
+
+
+def layers(encoder, xs: torch.Tensor, keep: torch.Tensor, shifted: bool, run=layer, **attend) -> torch.Tensor:
+    """The encoder's layers and norms. Padded: xs (B, T, 560), keep (B, T, 1). Packed: xs (N, 560)
+    and keep the (N,) valid frames; returns (1, N, 512). `attend` as workers.sanm.layer takes it."""
+    if keep.dim() == 1:
+        xs, keep = xs[None], keep[None, :, None].to(xs.dtype)
     for block in encoder.encoders0:
-        xs = run(block, xs, keep, keys, shifted, *maps)
+        xs = run(block, xs, keep, shifted, **attend)
     for block in encoder.encoders:
-        xs = run(block, xs, keep, keys, shifted, *maps)
+        xs = run(block, xs, keep, shifted, **attend)
     xs = encoder.after_norm(xs)
     for block in encoder.tp_encoders:
-        xs = run(block, xs, keep, keys, shifted, *maps)
+        xs = run(block, xs, keep, shifted, **attend)
     return encoder.tp_norm(xs)
 
 

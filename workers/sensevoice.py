@@ -16,6 +16,7 @@ from shared.models.tokens import parse_tags
 from workers import sanm
 from workers.compiling import bucket_width, compiled, scope
 from workers.features import BatchFrontend
+from workers.graphs import GraphCache
 from workers.packed import Layout
 from workers.staging import copied, prepare, stage, upload
 
@@ -34,13 +35,23 @@ class Transcript:
 class SenseVoice:
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
                  compile: bool | str = False, dynamic: bool | None = True, bucket_seconds: float = 0.0,
-                 packed: bool = True):
+                 packed: bool = True, attention: str = "auto", graphs: bool = False):
         """compile: "off", "model" (the whole forward) or "layers" (each SAN-M layer, regional);
         see workers.compiling. True means "model". bucket_seconds: pad each batch's length up to a
         multiple of it (static-shape compiles then see few lengths). packed: segments end to end
-        (workers.packed) rather than padded to the longest."""
+        (workers.packed) rather than padded to the longest. attention, when packed: "padded" (gathered
+        back to the padded layout), "varlen" (on the packed sequence) or "auto" (varlen where
+        FlashAttention runs it: CUDA, half precision). graphs: replay the packed varlen encoder from
+        CUDA graphs (workers.graphs), one per bucket of shapes."""
         mode = scope(compile)
         self.packed = packed and mode != "model"  # the packed layout is built on the host
+        half = dtype in (torch.float16, torch.bfloat16)
+        if attention == "auto":
+            attention = "varlen" if device.type == "cuda" and half else "padded"
+        if attention not in ("padded", "varlen"):
+            raise ValueError(f"unknown attention {attention!r}")
+        self.varlen = self.packed and attention == "varlen"
+        self.graphs = GraphCache() if graphs and self.varlen and device.type == "cuda" else None
         self.bucket = int(bucket_seconds * 16000)
         self.model = prepare(automodel.model, device, dtype)
         self.tokenizer = automodel.kwargs["tokenizer"]
@@ -67,22 +78,42 @@ class SenseVoice:
         ids = torch.tensor([[lang, *EVENT_EMO_QUERY, n] for lang, n in zip(lid, norm)])
         return ids.to(self.device, non_blocking=True)
 
+    def _speech(self, wav, lengths, query) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded (B, T, 560) features with the query frames in front, and their valid lengths."""
+        feats, n = self.frontend(wav, lengths)
+        return torch.cat((self.model.embed(query), feats.to(self.dtype)), dim=1), n + query.shape[1]
+
+    def _layout(self, speech, query, host_lengths: torch.Tensor | None) -> Layout | None:
+        if not self.packed or host_lengths is None:
+            return None
+        frames = (self.frontend.frames(host_lengths) + query.shape[1]).numpy()  # on the host: no device sync
+        return Layout.build(frames, speech.shape[1], self.gap, self.device, self.varlen, self.graphs is not None)
+
+    def _head(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(out, self.head_weight, self.head_bias)
+
     def _encode(self, wav, lengths, query, host_lengths: torch.Tensor | None = None):
         """Logits, valid lengths and the layout: packed (1, N, V) when `host_lengths` (the samples
         of each row, on the host) are given and packing is on, else padded (B, T, V)."""
-        feats, n = self.frontend(wav, lengths)
-        speech = torch.cat((self.model.embed(query), feats.to(self.dtype)), dim=1)
-        lengths = n + query.shape[1]
-        layout = None
-        if self.packed and host_lengths is not None:  # frame counts on the host too: no device sync
-            frames = (self.frontend.frames(host_lengths) + query.shape[1]).numpy()
-            layout = Layout.build(frames, speech.shape[1], self.gap, self.device)
+        speech, lengths = self._speech(wav, lengths, query)
+        layout = self._layout(speech, query, host_lengths)
         out = sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer, layout)
-        return torch.nn.functional.linear(out, self.head_weight, self.head_bias), lengths, layout
+        return self._head(out), lengths, layout
 
     def _ids(self, wav, lengths, query, host_lengths=None):
-        logits, lengths, layout = self._encode(wav, lengths, query, host_lengths)
-        return logits.argmax(dim=-1), lengths, layout
+        if self.graphs is None or host_lengths is None:
+            logits, lengths, layout = self._encode(wav, lengths, query, host_lengths)
+            return logits.argmax(dim=-1), lengths, layout
+        speech, lengths = self._speech(wav, lengths, query)
+        layout = self._layout(speech, query, host_lengths)
+        xs = sanm.embed_packed(self.model.encoder, speech, layout)
+        longest = layout.longest
+
+        def forward(xs, valid, seqs):
+            out = sanm.layers(self.model.encoder, xs, valid, self.shifted, self.layer, seqs=seqs, longest=longest)
+            return self._head(out).argmax(dim=-1)
+
+        return self.graphs.run(layout.key, forward, xs, layout.valid, layout.seqs), lengths, layout
 
     @torch.inference_mode()
     def logits(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]):

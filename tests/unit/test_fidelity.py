@@ -112,13 +112,49 @@ def test_packed_equals_padded(models_dir, wavs):
     ws = wavs + [wavs[3][:500], wavs[0][:16000]]  # a very short one: fewer frames than the gap
     langs, itn = ["auto", "en", "zh", "auto", "ja", "auto"], [True, False, True, False, True, True]
     padded, lens = SenseVoice(am, cpu, packed=False).logits(ws, langs, itn)
-    packed, lens_p = SenseVoice(am, cpu, packed=True).logits(ws, langs, itn)
-    assert torch.equal(lens, lens_p)
-    for i, n in enumerate(lens.tolist()):
-        assert (packed[i, :n] - padded[i, :n]).abs().max() < 1e-5 * padded[i, :n].abs().max()
     rows_padded = SenseVoice(am, cpu, packed=False).token_ids(ws, langs, itn)
-    rows_packed = SenseVoice(am, cpu).token_ids(ws, langs, itn)
-    assert all(np.array_equal(a, b) for a, b in zip(rows_padded, rows_packed))
+    for attention in ("padded", "varlen"):
+        model = SenseVoice(am, cpu, packed=True, attention=attention)
+        packed, lens_p = model.logits(ws, langs, itn)
+        assert torch.equal(lens, lens_p)
+        for i, n in enumerate(lens.tolist()):
+            assert (packed[i, :n] - padded[i, :n]).abs().max() < 1e-5 * padded[i, :n].abs().max(), attention
+        rows_packed = model.token_ids(ws, langs, itn)
+        assert all(np.array_equal(a, b) for a, b in zip(rows_padded, rows_packed)), attention
+
+
+def test_varlen_sequences_tile_the_packed_sequence():
+    """Varlen attention runs on sequences that tile the packed sequence: every segment is one of
+    them, gaps and the bucket's tail padding are others, none is longer than `longest`."""
+    from workers.packed import Layout
+
+    lengths = np.array([300, 7, 120, 1])
+    for bucketed in (False, True):
+        layout = Layout.build(lengths, width=300, gap=5, device=torch.device("cpu"), varlen=True,
+                              bucketed=bucketed)
+        bounds = layout.seqs.numpy().astype(np.int64)
+        assert bounds[0] == 0 and bounds[-1] == layout.total and np.all(np.diff(bounds) >= 0)
+        pairs = set(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+        for start, n in zip(layout.starts.tolist(), lengths.tolist()):
+            assert (start, start + n) in pairs
+        assert np.diff(bounds).max() <= layout.longest
+        real = int(layout.starts[-1] + lengths[-1])
+        if bucketed:
+            assert layout.total >= real and layout.total - real <= layout.total // 16
+            assert layout.longest == 512 and (len(bounds) - 1) & (len(bounds) - 2) == 0  # powers of two
+            assert not layout.valid[real:].any()
+        else:
+            assert layout.total == real and layout.longest == 300
+
+
+def test_graph_buckets_waste_little():
+    from workers.graphs import bucket
+
+    assert bucket(10) == 256 and bucket(256) == 256
+    for n in (257, 1000, 4097, 20_000, 65_535):
+        b = bucket(n)
+        assert n <= b <= n * 17 / 16
+    assert len({bucket(n) for n in range(16_385, 32_769)}) == 16  # 16 steps an octave
 
 
 def test_layout_maps_round_trip():
