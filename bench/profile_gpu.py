@@ -1,6 +1,11 @@
 """Where the time goes: torch.profiler over one large batch of each model (eager), top kernels.
 
     python -m bench.profile_gpu --batch-seconds 3000
+    python -m bench.profile_gpu --sensevoice --calls bench/.audio --call-minutes 30
+
+--sensevoice: for each way of running SenseVoice (compiled layers with padded or varlen attention,
+CUDA graphs), on gpu_bench's mix: host time to stage the audio, to queue every batch and to decode
+the results, wall time, GPU busy time and the top kernels.
 """
 
 from __future__ import annotations
@@ -27,9 +32,15 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=18)
     p.add_argument("--engine", action="store_true",
                    help="the GPU worker's engine instead: host-side profile of one steady-state submit()")
+    p.add_argument("--sensevoice", action="store_true", help="SenseVoice's compiled variants on the mix")
+    p.add_argument("--calls", type=Path, default=None)
+    p.add_argument("--call-minutes", type=float, default=0.0)
     args = p.parse_args()
     if args.engine:
         engine_host_profile(args)
+        return
+    if args.sensevoice:
+        sensevoice_variants(args)
         return
     dirs = ensure_models(args.models_dir, "full")
     quiet_third_parties()
@@ -60,6 +71,63 @@ def main() -> None:
         print(f"\n## {name}: {len(group)} segments, {audio:.0f} s audio, wall {wall * 1000:.1f} ms "
               f"({audio / wall:,.0f}x), GPU busy {gpu * 1000:.1f} ms ({100 * gpu / wall:.0f}% of wall)")
         print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+
+
+SV_VARIANTS = {
+    "compiled layers, padded attention": {"attention": "padded", "compile": "layers"},
+    "compiled layers, varlen attention": {"attention": "varlen", "compile": "layers"},
+    "compiled layers, varlen attention, CUDA graphs": {"attention": "varlen", "compile": "layers", "graphs": True},
+}
+
+
+def sensevoice_variants(args) -> None:
+    from torch.autograd import DeviceType
+
+    from bench.gpu_bench import registry_vad_dir, vad_cut
+    from workers.staging import pad_batch
+
+    dirs = ensure_models(args.models_dir, "full")
+    quiet_third_parties()
+    wavs = utterances(256) + vad_cut(args.calls, registry_vad_dir(), args.call_minutes)
+    groups = [[wavs[i] for i in g] for g in batches(wavs, args.batch_seconds)]
+    audio = sum(map(len, wavs)) / 16000
+    dev = torch.device("cuda")
+    am = registry.load_automodel(dirs["sensevoice"], device="cuda")
+    print(f"\n{len(wavs)} segments, {audio:.0f} s, {len(groups)} batches of <= {args.batch_seconds:.0f} padded s")
+    for name, kwargs in SV_VARIANTS.items():
+        model = SenseVoice(am, dev, torch.bfloat16, **kwargs)
+
+        def launch_all(staged):
+            return [model.launch(wav, lengths, host, ["auto"] * len(host), [True] * len(host))
+                    for (wav, lengths), host in staged]
+
+        def stage_all():
+            return [(pad_batch(ws, dev), torch.tensor([len(w) for w in ws])) for ws in groups]
+
+        for _ in range(2):  # compiles, captures
+            [model.decode(p.rows()) for p in launch_all(stage_all())]
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        staged = stage_all()
+        t1 = time.perf_counter()
+        pending = launch_all(staged)
+        t2 = time.perf_counter()
+        rows = [p.rows() for p in pending]
+        t3 = time.perf_counter()
+        for r in rows:
+            model.decode(r)
+        t4 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            launch_all(staged)
+            torch.cuda.synchronize()
+        events = prof.key_averages()
+        gpu = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
+        print(f"\n## {name}: {audio / (t4 - t0):,.0f}x overall; stage {1e3 * (t1 - t0):.1f} ms, queue "
+              f"{1e3 * (t2 - t1):.1f} ms, until the last tokens {1e3 * (t3 - t1):.1f} ms ({audio / (t3 - t1):,.0f}x), "
+              f"decode {1e3 * (t4 - t3):.1f} ms; GPU busy {1e3 * gpu:.1f} ms ({audio / gpu:,.0f}x)")
+        print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+        del model
+        torch.cuda.empty_cache()
 
 
 def engine_host_profile(args) -> None:
