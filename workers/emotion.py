@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from shared.batching import split_by_length
 from workers.compiling import batch_dynamic, bucket_width, compiled, scope
-from workers.staging import copied, pad_batch, prepare
+from workers.staging import copied, pad_batch, prepare, to_device
 
 
 @dataclass
@@ -246,10 +246,10 @@ class Emotion2vec:
             order = np.argsort(-host, kind="stable")
             parts = []
             for start, end in split_by_length(host[order].tolist(), self.split_ratio, self.split_min):
-                rows = torch.from_numpy(order[start:end]).to(self.device, non_blocking=True)
+                rows = to_device(order[start:end], self.device)
                 width = int(host[order[start]])
                 parts.append(self._run(wav.index_select(0, rows)[:, :width].contiguous(), lengths[rows]))
-            inverse = torch.from_numpy(np.argsort(order)).to(self.device, non_blocking=True)
+            inverse = to_device(np.argsort(order), self.device)
             probs = torch.cat(parts).index_select(0, inverse)
         return EmotionPending(probs.to("cpu", non_blocking=True), copied(), self)
 

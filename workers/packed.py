@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from workers.graphs import bucket
+from workers.staging import to_device
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Layout:
         valid[packed_at] = True
         positions = np.zeros(total, dtype=np.int64)
         positions[packed_at] = within + 1
-        put = lambda a: torch.from_numpy(a).to(device, non_blocking=True)  # noqa: E731
+        put = lambda a: to_device(a, device)  # noqa: E731
         layout = cls(lengths, starts, total, width, put(to_rows), put(to_packed), put(valid), put(positions))
         if varlen:
             seqs, layout.longest = _sequences(starts, lengths, total, gap, bucketed)

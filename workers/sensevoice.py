@@ -18,7 +18,7 @@ from workers.compiling import bucket_width, compiled, scope
 from workers.features import BatchFrontend
 from workers.graphs import GraphCache
 from workers.packed import Layout
-from workers.staging import copied, prepare, stage, upload
+from workers.staging import copied, prepare, stage, to_device, upload
 
 EVENT_EMO_QUERY = (1, 2)
 
@@ -76,7 +76,7 @@ class SenseVoice:
         lid = [self.model.lid_dict.get(lang, 0) for lang in languages]
         norm = [self.model.textnorm_dict["withitn" if flag else "woitn"] for flag in itn]
         ids = torch.tensor([[lang, *EVENT_EMO_QUERY, n] for lang, n in zip(lid, norm)])
-        return ids.to(self.device, non_blocking=True)
+        return to_device(ids, self.device)
 
     def _speech(self, wav, lengths, query) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded (B, T, 560) features with the query frames in front, and their valid lengths."""

@@ -57,13 +57,22 @@ def upload(staged: tuple[torch.Tensor, torch.Tensor], device: torch.device,
         _pinned["copied"] = torch.cuda.Event()
         _pinned["copied"].record()
     host_lengths = lengths
-    lengths = lengths.to(device, non_blocking=True)
+    lengths = to_device(lengths, device)
     width = max(int(host_lengths.max()), width or 0)
     starts = torch.cumsum(lengths, 0) - lengths
     pos = torch.arange(width, device=device)[None, :]
     valid = pos < lengths[:, None]
     index = (starts[:, None] + pos).clamp_max(flat.numel() - 1)
     return torch.where(valid, flat[index], 0.0), lengths
+
+
+def to_device(values: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host array on the device without waiting for it: through pinned memory, because a
+    copy from pageable memory can block the host until the device has caught up with its queue."""
+    values = torch.as_tensor(values)
+    if device.type == "cuda":
+        values = values.pin_memory()
+    return values.to(device, non_blocking=True)
 
 
 def copied() -> torch.cuda.Event | None:
