@@ -106,6 +106,7 @@ def sensevoice_variants(args) -> None:
 
         for _ in range(2):  # compiles, captures
             [model.decode(p.rows()) for p in launch_all(stage_all())]
+        print(f"\n{name}: queueing the batches {syncs(lambda: launch_all(stage_all()))}")
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         staged = stage_all()
@@ -130,6 +131,20 @@ def sensevoice_variants(args) -> None:
         torch.cuda.empty_cache()
 
 
+def syncs(fn) -> str:
+    """Whether fn makes the host wait for the device (torch's sync debug mode raises where it does)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+        return "never waits for the device"
+    except RuntimeError as exc:
+        return f"waits for the device: {str(exc).splitlines()[0][:200]}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+
+
 def engine_host_profile(args) -> None:
     """Where the host's time goes while it queues one batch (the device should never wait on it)."""
     from shared.config import Settings
@@ -143,6 +158,7 @@ def engine_host_profile(args) -> None:
     groups = [[wavs[i] for i in g] for g in batches(wavs, args.batch_seconds)][:4]
     for g in groups:  # shapes met once
         engine.run(g, ["auto"] * len(g), [True] * len(g))
+    print(f"\nengine.submit {syncs(lambda: engine.submit(groups[0], ['auto'] * len(groups[0]), [True] * len(groups[0])))}")
     flights = [engine.submit(g, ["auto"] * len(g), [True] * len(g)) for g in groups[:2]]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()

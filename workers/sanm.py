@@ -89,7 +89,8 @@ def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = Fal
     keys = valid[:, None, None, :]
     if layout is None:
         keep = valid[..., None].to(xs.dtype)
-        xs = encoder.embed(xs * encoder.output_size() ** 0.5)
+        xs = xs * encoder.output_size() ** 0.5
+        xs = xs + sinusoid(torch.arange(1, xs.shape[1] + 1, device=xs.device)[None], xs.shape[-1], xs.dtype)
         batch_dynamic(xs, keep, keys)
         return layers(encoder, xs, keep, shifted, run, keys=keys)
     attend = layout.attention()
@@ -101,7 +102,18 @@ def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = Fal
 def embed_packed(encoder, xs: torch.Tensor, layout: Layout) -> torch.Tensor:
     """(B, T, 560) padded features -> (N, 560) packed, scaled, positions added (each segment's from 1)."""
     xs = layout.pack(xs) * encoder.output_size() ** 0.5
-    return xs + encoder.embed.encode(layout.positions[None], xs.shape[-1], xs.dtype)[0]
+    return xs + sinusoid(layout.positions[None], xs.shape[-1], xs.dtype)[0]
+
+
+def sinusoid(positions: torch.Tensor, depth: int, dtype: torch.dtype) -> torch.Tensor:
+    """funasr's SinusoidalPositionEncoder.encode, step for step, but with its constant made on the
+    device: funasr's torch.tensor(..., device=) is a blocking copy that makes the host wait for the
+    device's whole queue on every batch."""
+    device = positions.device
+    increment = torch.log(torch.full((1,), 10000, dtype=dtype, device=device)) / (depth / 2 - 1)
+    inv_timescales = torch.exp(torch.arange(depth / 2, device=device).type(dtype) * (-increment))
+    scaled = positions.type(dtype)[..., None] * inv_timescales
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=-1).type(dtype)
 
 
 def layers(encoder, xs: torch.Tensor, keep: torch.Tensor, shifted: bool, run=layer, **attend) -> torch.Tensor:
