@@ -50,7 +50,7 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqs: torch.Tenso
 
 def _attention(attn, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: torch.Tensor | None,
                to_rows: torch.Tensor | None, to_packed: torch.Tensor | None,
-               seqs: torch.Tensor | None, longest: int) -> torch.Tensor:
+               seqs: torch.Tensor | None, longest: int, apart: bool = False) -> torch.Tensor:
     """x: (B, T, D) padded (keys: the (B, 1, 1, T) key mask), or (1, N, D) packed: then either
     `to_rows`/`to_packed` map between the packed sequence and the padded (B, T) layout that attention
     runs in, or attention runs on the packed sequence within the bounds `seqs` (varlen)."""
@@ -58,6 +58,10 @@ def _attention(attn, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: t
     v = qkv[..., 2 * attn.h * attn.d_k:]
     inputs = v * keep
     memory = (_fsmn(attn, inputs, shifted) + inputs) * keep
+    if apart:
+        # compiled, the FSMN taps otherwise fuse into the next LayerNorm's reduction, which then
+        # loads each of them twice; ending the compiled graph here stores the memory once
+        torch._dynamo.graph_break()
     if seqs is not None:
         n = qkv.shape[1]
         q, k, v = qkv[0].reshape(n, 3, attn.h, attn.d_k).unbind(1)
@@ -74,9 +78,11 @@ def _attention(attn, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: t
 
 def layer(block, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: torch.Tensor | None = None,
           to_rows: torch.Tensor | None = None, to_packed: torch.Tensor | None = None,
-          seqs: torch.Tensor | None = None, longest: int = 0) -> torch.Tensor:
-    """One SAN-M encoder layer (funasr's EncoderLayerSANM.forward in eval mode), padded or packed."""
-    attended = _attention(block.self_attn, block.norm1(x), keep, shifted, keys, to_rows, to_packed, seqs, longest)
+          seqs: torch.Tensor | None = None, longest: int = 0, apart: bool = False) -> torch.Tensor:
+    """One SAN-M encoder layer (funasr's EncoderLayerSANM.forward in eval mode), padded or packed.
+    apart: compiled, the FSMN memory is a graph of its own (see _attention)."""
+    attended = _attention(block.self_attn, block.norm1(x), keep, shifted, keys, to_rows, to_packed, seqs, longest,
+                          apart)
     x = x + attended if block.in_size == block.size else attended
     return x + block.feed_forward(block.norm2(x))
 

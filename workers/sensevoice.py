@@ -52,6 +52,7 @@ class SenseVoice:
             raise ValueError(f"unknown attention {attention!r}")
         self.varlen = self.packed and attention == "varlen"
         self.graphs = GraphCache() if graphs and self.varlen and device.type == "cuda" else None
+        self.apart = False  # see workers.sanm._attention
         self.bucket = int(bucket_seconds * 16000)
         self.model = prepare(automodel.model, device, dtype)
         self.tokenizer = automodel.kwargs["tokenizer"]
@@ -110,7 +111,8 @@ class SenseVoice:
         longest = layout.longest
 
         def forward(xs, valid, seqs):
-            out = sanm.layers(self.model.encoder, xs, valid, self.shifted, self.layer, seqs=seqs, longest=longest)
+            out = sanm.layers(self.model.encoder, xs, valid, self.shifted, self.layer, seqs=seqs, longest=longest,
+                              apart=self.apart)
             return self._head(out).argmax(dim=-1)
 
         return self.graphs.run(layout.key, forward, xs, layout.valid, layout.seqs), lengths, layout
