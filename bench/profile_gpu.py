@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--engine", action="store_true",
                    help="the GPU worker's engine instead: host-side profile of one steady-state submit()")
     p.add_argument("--sensevoice", action="store_true", help="SenseVoice's compiled variants on the mix")
-    p.add_argument("--variants", default="", help="comma-separated names from SV_VARIANTS (default: all)")
+    p.add_argument("--variants", default="", help="names from SV_VARIANTS, separated by ; (default: all)")
     p.add_argument("--calls", type=Path, default=None)
     p.add_argument("--call-minutes", type=float, default=0.0)
     args = p.parse_args()
@@ -97,7 +97,7 @@ def sensevoice_variants(args) -> None:
     dev = torch.device("cuda")
     am = registry.load_automodel(dirs["sensevoice"], device="cuda")
     print(f"\n{len(wavs)} segments, {audio:.0f} s, {len(groups)} batches of <= {args.batch_seconds:.0f} padded s")
-    only = set(filter(None, args.variants.split(",")))
+    only = set(filter(None, args.variants.split(";")))
     for name, kwargs in SV_VARIANTS.items():
         if only and name not in only:
             continue
