@@ -88,7 +88,7 @@ def layer(block, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: torch
 
 
 def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = False, run=layer,
-           layout: Layout | None = None) -> torch.Tensor:
+           layout: Layout | None = None, apart: bool = False) -> torch.Tensor:
     """(B, T, 560) features with the 4 query frames, valid lengths -> (B, T, 512), or with a
     `layout`, the packed (1, N, 512). `run` applies one layer (`layer`, or a compiled copy of it)."""
     valid = torch.arange(xs.shape[1], device=xs.device)[None, :] < lengths[:, None]
@@ -98,8 +98,8 @@ def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = Fal
         xs = xs * encoder.output_size() ** 0.5
         xs = xs + sinusoid(torch.arange(1, xs.shape[1] + 1, device=xs.device)[None], xs.shape[-1], xs.dtype)
         batch_dynamic(xs, keep, keys)
-        return layers(encoder, xs, keep, shifted, run, keys=keys)
-    attend = layout.attention()
+        return layers(encoder, xs, keep, shifted, run, keys=keys, apart=apart)
+    attend = layout.attention() | {"apart": apart}
     if layout.seqs is None:
         attend["keys"] = keys
     return layers(encoder, embed_packed(encoder, xs, layout), layout.valid, shifted, run, **attend)

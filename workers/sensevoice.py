@@ -52,7 +52,9 @@ class SenseVoice:
             raise ValueError(f"unknown attention {attention!r}")
         self.varlen = self.packed and attention == "varlen"
         self.graphs = GraphCache() if graphs and self.varlen and device.type == "cuda" else None
-        self.apart = False  # see workers.sanm._attention
+        # with graphs, an extra compiled region costs no host time: the FSMN memory gets its own
+        # (workers.sanm._attention; measured in BENCHMARKS.md)
+        self.apart = self.graphs is not None
         self.bucket = int(bucket_seconds * 16000)
         self.model = prepare(automodel.model, device, dtype)
         self.tokenizer = automodel.kwargs["tokenizer"]
@@ -98,7 +100,7 @@ class SenseVoice:
         of each row, on the host) are given and packing is on, else padded (B, T, V)."""
         speech, lengths = self._speech(wav, lengths, query)
         layout = self._layout(speech, query, host_lengths)
-        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer, layout)
+        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer, layout, self.apart)
         return self._head(out), lengths, layout
 
     def _ids(self, wav, lengths, query, host_lengths=None):
