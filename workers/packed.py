@@ -88,20 +88,29 @@ class Layout:
         return [values[s:s + n] for s, n in zip(self.starts, self.lengths)]
 
 
+# Bucketed shapes, so that one CUDA graph serves most full batches: the longest sequence is at least
+# LONGEST frames (a 30 s segment is 504 with its query frames) and there are at least one sequence
+# for every FRAMES_PER_SEQUENCE frames (a 4 s segment and its gap). Spare sequences are empty: the
+# attention kernel's blocks for them return at once.
+LONGEST = 512
+FRAMES_PER_SEQUENCE = 40
+
+
 def _sequences(starts: np.ndarray, lengths: np.ndarray, total: int, gap: int,
                bucketed: bool) -> tuple[np.ndarray, int]:
     """Bounds of the attention sequences that tile [0, total): each gap, each segment, and the tail
     in pieces no longer than the longest segment; bucketed, the longest is rounded up to a power of
-    two and the bounds are padded with empty sequences to a power-of-two count."""
+    two (at least LONGEST) and the bounds are padded with empty sequences to a power-of-two count
+    (at least total / FRAMES_PER_SEQUENCE)."""
     longest = max(int(lengths.max()) if len(lengths) else 1, gap, 1)
     if bucketed:
-        longest = 1 << (longest - 1).bit_length()
+        longest = max(1 << (longest - 1).bit_length(), LONGEST)
     ends = starts + lengths
     bounds = np.stack([starts - gap, starts, ends], axis=1).reshape(-1) if gap else np.stack([starts, ends], 1).reshape(-1)
     last = int(ends[-1]) if len(ends) else 0
     tail = np.arange(last + longest, total, longest)
     bounds = np.unique(np.concatenate([[0], bounds, tail, [total]]))
     if bucketed:
-        count = 1 << (len(bounds) - 2).bit_length()  # sequences, a power of two
+        count = 1 << (max(len(bounds) - 1, total // FRAMES_PER_SEQUENCE) - 1).bit_length()  # a power of two
         bounds = np.concatenate([bounds, np.full(count + 1 - len(bounds), total)])
     return bounds.astype(np.int32), longest
