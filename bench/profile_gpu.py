@@ -62,13 +62,7 @@ def main() -> None:
         run(model)
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            run(model)
-            torch.cuda.synchronize()
-        events = prof.key_averages()
-        from torch.autograd import DeviceType
-
-        gpu = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
+        events, gpu = device_profile(lambda: run(model))
         print(f"\n## {name}: {len(group)} segments, {audio:.0f} s audio, wall {wall * 1000:.1f} ms "
               f"({audio / wall:,.0f}x), GPU busy {gpu * 1000:.1f} ms ({100 * gpu / wall:.0f}% of wall)")
         print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60))
@@ -84,8 +78,6 @@ SV_VARIANTS = {
 
 
 def sensevoice_variants(args) -> None:
-    from torch.autograd import DeviceType
-
     from bench.gpu_bench import registry_vad_dir, vad_cut
     from workers.staging import pad_batch
 
@@ -128,11 +120,7 @@ def sensevoice_variants(args) -> None:
         for r in rows:
             model.decode(r)
         t4 = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            launch_all(staged)
-            torch.cuda.synchronize()
-        events = prof.key_averages()
-        gpu = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
+        events, gpu = device_profile(lambda: launch_all(staged))
         print(f"\n## {name}: {audio / (t4 - t0):,.0f}x overall; stage {1e3 * (t1 - t0):.1f} ms, queue "
               f"{1e3 * (t2 - t1):.1f} ms, until the last tokens {1e3 * (t3 - t1):.1f} ms ({audio / (t3 - t1):,.0f}x), "
               f"decode {1e3 * (t4 - t3):.1f} ms; GPU busy {1e3 * gpu:.1f} ms ({audio / gpu:,.0f}x)")
@@ -153,6 +141,17 @@ def syncs(fn) -> str:
     finally:
         torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()
+
+
+def device_profile(fn):
+    """torch.profiler's per-kernel averages over fn (run to completion), and the GPU's busy seconds."""
+    from torch.autograd import DeviceType
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    return events, sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1e6
 
 
 def engine_host_profile(args) -> None:
