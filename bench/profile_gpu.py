@@ -167,7 +167,8 @@ def engine_host_profile(args) -> None:
     groups = [[wavs[i] for i in g] for g in batches(wavs, args.batch_seconds)][:4]
     for g in groups:  # shapes met once
         engine.run(g, ["auto"] * len(g), [True] * len(g))
-    print(f"\nengine.submit {syncs(lambda: engine.submit(groups[0], ['auto'] * len(groups[0]), [True] * len(groups[0])))}")
+    first = groups[0]
+    print(f"\nengine.submit {syncs(lambda: engine.submit(first, ['auto'] * len(first), [True] * len(first)))}")
     flights = [engine.submit(g, ["auto"] * len(g), [True] * len(g)) for g in groups[:2]]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()

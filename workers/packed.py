@@ -106,7 +106,8 @@ def _sequences(starts: np.ndarray, lengths: np.ndarray, total: int, gap: int,
     if bucketed:
         longest = max(1 << (longest - 1).bit_length(), LONGEST)
     ends = starts + lengths
-    bounds = np.stack([starts - gap, starts, ends], axis=1).reshape(-1) if gap else np.stack([starts, ends], 1).reshape(-1)
+    edges = [starts - gap, starts, ends] if gap else [starts, ends]
+    bounds = np.stack(edges, axis=1).reshape(-1)
     last = int(ends[-1]) if len(ends) else 0
     tail = np.arange(last + longest, total, longest)
     bounds = np.unique(np.concatenate([[0], bounds, tail, [total]]))

@@ -52,6 +52,7 @@ class SenseVoice:
             raise ValueError(f"unknown attention {attention!r}")
         self.varlen = self.packed and attention == "varlen"
         self.graphs = GraphCache() if graphs and self.varlen and device.type == "cuda" else None
+        self.bucketed = self.graphs is not None  # packed shapes rounded up to the graphs' buckets
         # with graphs, an extra compiled region costs no host time: the FSMN memory gets its own
         # (workers.sanm._attention; measured in BENCHMARKS.md)
         self.apart = self.graphs is not None
@@ -90,7 +91,7 @@ class SenseVoice:
         if not self.packed or host_lengths is None:
             return None
         frames = (self.frontend.frames(host_lengths) + query.shape[1]).numpy()  # on the host: no device sync
-        return Layout.build(frames, speech.shape[1], self.gap, self.device, self.varlen, self.graphs is not None)
+        return Layout.build(frames, speech.shape[1], self.gap, self.device, self.varlen, self.bucketed)
 
     def _head(self, out: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(out, self.head_weight, self.head_bias)

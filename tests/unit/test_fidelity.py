@@ -191,7 +191,8 @@ def test_compiled_layers_equal_eager(models_dir, wavs):
         assert (e_eager.scores(batch) - e_comp.scores(batch)).abs().max() < 1e-5
     comp.apart = True  # the FSMN memory as a compiled graph of its own, as with CUDA graphs
     langs, itn = ["auto"] * len(wavs), [True] * len(wavs)
-    assert all(np.array_equal(a, b) for a, b in zip(eager.token_ids(wavs, langs, itn), comp.token_ids(wavs, langs, itn)))
+    pairs = zip(eager.token_ids(wavs, langs, itn), comp.token_ids(wavs, langs, itn))
+    assert all(np.array_equal(a, b) for a, b in pairs)
 
 
 def test_emotion2vec_runs_of_similar_length_equal_one_batch(models_dir, wavs):
@@ -206,3 +207,24 @@ def test_emotion2vec_runs_of_similar_length_equal_one_batch(models_dir, wavs):
     wav, lengths = pad_batch(wavs, cpu)
     split = ours.launch(wav, lengths, torch.tensor([len(w) for w in wavs])).probs
     assert torch.allclose(split, ours.scores(wavs), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_replay_the_compiled_forward(models_dir, wavs):
+    """On the GPU, the packed varlen encoder replayed from CUDA graphs gives the tokens of the same
+    compiled layers run directly on the same bucketed shapes, batch after batch: shapes that share
+    a graph, shapes that need a new one, and a graph replayed after another."""
+    dev = torch.device("cuda")
+    am = registry.load_automodel(models_dir / "SenseVoiceSmall", device="cuda")
+    graphed = SenseVoice(am, dev, torch.bfloat16, compile="layers", graphs=True)
+    direct = SenseVoice(am, dev, torch.bfloat16, compile="layers")
+    direct.apart = direct.bucketed = True
+    assert direct.graphs is None and graphed.varlen and direct.varlen
+    rng = np.random.default_rng(3)
+    extra = [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (16000 * 40, 16000 * 2 + 5, 3000)]
+    batches = [wavs, wavs[:2], wavs + extra, wavs[1:], wavs]
+    for batch in batches:
+        langs, itn = ["auto"] * len(batch), [True] * len(batch)
+        pairs = zip(direct.token_ids(batch, langs, itn), graphed.token_ids(batch, langs, itn))
+        assert all(np.array_equal(a, b) for a, b in pairs)
+    assert 1 < len(graphed.graphs.graphs) < len(batches)
