@@ -21,6 +21,7 @@ from bench.common import utterances
 from bench.gpu_bench import batches, ensure_models
 from shared.logs import quiet_third_parties
 from shared.models import registry
+from workers import sanm
 from workers.emotion import Emotion2vec
 from workers.sensevoice import SenseVoice
 
@@ -74,6 +75,8 @@ SV_VARIANTS = {
     "compiled layers, varlen attention, CUDA graphs": {"attention": "varlen", "compile": "layers", "graphs": True},
     "compiled layers, varlen attention, CUDA graphs, FSMN apart": {"attention": "varlen", "compile": "layers",
                                                                    "graphs": True, "apart": True},
+    "the same, ReLU in the GEMM epilogue": {"attention": "varlen", "compile": "layers", "graphs": True,
+                                           "apart": True, "fused_relu": True},
 }
 
 
@@ -95,6 +98,7 @@ def sensevoice_variants(args) -> None:
             continue
         kwargs = dict(kwargs)
         apart = kwargs.pop("apart", False)
+        sanm.FUSED_RELU = kwargs.pop("fused_relu", False)
         model = SenseVoice(am, dev, torch.bfloat16, **kwargs)
         model.apart = apart
         torch._dynamo.reset()  # each variant traces its own layer graphs

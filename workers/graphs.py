@@ -5,10 +5,10 @@ SenseVoice's encoder is 70 small layers. Even compiled, each layer costs about 1
 the device takes to run it. A CUDA graph replays the whole forward with one launch.
 
 A graph is captured for fixed shapes, so the caller pads its inputs to a few bucket shapes
-(`bucket`) and the cache keeps one graph per key. All graphs share one memory pool: they replay one
-at a time on one stream, and their outputs are allocated inside the capture, so one graph never
-overwrites another's output. An output stays valid until its own graph replays again: the caller
-queues its copy to the host on the same stream before the next replay.
+(`bucket`) and the cache keeps one graph per key. All graphs share one memory pool, which is safe
+because they replay one at a time on one stream; but a later replay of any graph may then reuse the
+memory of an earlier one's output, so `run` hands back a copy of the output (queued on the stream
+right after the replay), never the graph's own buffer.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class GraphCache:
         self.pool = None
 
     def run(self, key: tuple, fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-        """fn(*inputs), replayed from the graph for `key` (inputs of one key have one shape each)."""
+        """fn(*inputs), replayed from the graph for `key` (inputs of one key have one shape each);
+        the result is the caller's own tensor."""
         captured = self.graphs.get(key)
         if captured is None:
             captured = self._capture(key, fn, inputs)
@@ -58,7 +59,7 @@ class GraphCache:
             for static, x in zip(captured.inputs, inputs):
                 static.copy_(x, non_blocking=True)
         captured.graph.replay()
-        return captured.output
+        return captured.output.clone()
 
     def _capture(self, key: tuple, fn, inputs) -> _Captured:
         started = time.perf_counter()
