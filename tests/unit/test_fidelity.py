@@ -228,3 +228,17 @@ def test_cuda_graphs_replay_the_compiled_forward(models_dir, wavs):
         pairs = zip(direct.token_ids(batch, langs, itn), graphed.token_ids(batch, langs, itn))
         assert all(np.array_equal(a, b) for a, b in pairs)
     assert 1 < len(graphed.graphs.graphs) < len(batches)
+
+
+def test_feed_forward_with_relu_in_the_epilogue_equals_funasr(monkeypatch):
+    """The switchable fused form (bias and ReLU in the first GEMM) computes funasr's feed-forward."""
+    from funasr.models.transformer.positionwise_feed_forward import PositionwiseFeedForward
+
+    from workers import sanm
+
+    torch.manual_seed(0)
+    ff = PositionwiseFeedForward(16, 32, 0.0).eval()
+    x = torch.randn(2, 7, 16)
+    monkeypatch.setattr(sanm, "FUSED_RELU", True)
+    with torch.inference_mode():
+        assert torch.allclose(sanm._feed_forward(ff, x), ff(x), atol=1e-6)
