@@ -87,10 +87,10 @@ def layer(block, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: torch
     return x + _feed_forward(block.feed_forward, block.norm2(x))
 
 
-# Off: on the H100 it cut SenseVoice's device time by 12 % (BENCHMARKS.md, session 5), but in one run
-# of eight the CUDA-graph test found the replayed tokens differing from the direct compiled forward
-# (test_cuda_graphs_replay_the_compiled_forward), and the cause is not found. bench.profile_gpu
-# compares both.
+# Off: on the H100 it cut SenseVoice's device time by 12 % (BENCHMARKS.md, session 5), but in one of
+# five GPU test runs with it on, the CUDA-graph test found the replayed tokens differing from the
+# direct compiled forward (test_cuda_graphs_replay_the_compiled_forward), and the cause is not found.
+# bench.profile_gpu compares both.
 FUSED_RELU = False
 
 
