@@ -5,5 +5,5 @@
 # PostgreSQL half skips where none is reachable, except under CI=true, where it must pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/install.sh
+bash deploy/install.sh --test
 exec .venv/bin/python -m pytest -q "$@"
