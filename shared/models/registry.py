@@ -1,12 +1,12 @@
-"""Find, load, verify and fetch the three models; record their provenance.
+"""Find, load and verify the three models; record their provenance.
 
 Models load through funasr (it builds the architecture from config.yaml), then every tensor of
 the built model is compared with the checkpoint: funasr's own loader skips mismatches silently.
+Fetching and importing folders: shared.models.install.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from shared.models.random_init import RANDOM_MARKER
+from shared.models import weights
+from shared.models.weights import sha256_file  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +47,29 @@ class Provenance:
 
 
 def provenance(spec: ModelSpec, directory: Path) -> Provenance:
+    """Which weights a folder holds. Random is decided from model.pt itself (speechq's embedded
+    marker), or from the marker file of an earlier version; cached until model.pt changes."""
     directory = Path(directory)
-    marker = directory / RANDOM_MARKER
+    info = weights.inspect(directory / "model.pt")
+    random_weights = info.random or (directory / weights.RANDOM_MARKER).exists()
     revision = None
     conf = directory / "configuration.json"
     if conf.exists():
         revision = json.loads(conf.read_text(encoding="utf-8")).get("revision")
     return Provenance(
         name=spec.hub_id,
-        revision=revision or ("random" if marker.exists() else None),
-        sha256=sha256_file(directory / "model.pt"),
-        random_weights=marker.exists(),
+        revision=revision or ("random" if random_weights else None),
+        sha256=info.sha256,
+        random_weights=random_weights,
         path=str(directory),
     )
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line, for messages an operator reads."""
+    text = " ".join(str(exc).split()) or "no details"
+    text = f"{exc.__class__.__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def check_directory(directory: Path) -> None:
@@ -102,19 +105,21 @@ def load_automodel(directory: Path, device: str = "cpu", **kwargs):
 
 def verify_weights(model: torch.nn.Module, checkpoint: Path, scope_map: list[str] | str = ()) -> None:
     """Every tensor of `model` must equal the checkpoint's, under funasr's key mapping."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
+    try:
+        state = weights.load_state(checkpoint)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: say so in one line
+        raise ModelLoadError(f"{checkpoint}: not a readable checkpoint ({one_line(exc)})") from exc
     if isinstance(scope_map, str):
         scope_map = scope_map.split(",")
     prefixes = [p for p in list(scope_map)[::2] if p and p.lower() != "none"] + ["module."]
     problems = []
+    used = {weights.MARKER_KEY}
     for name, tensor in model.state_dict().items():
         src = next((p + name for p in [""] + prefixes if p + name in state), None)
         if src is None:
             problems.append(f"missing in checkpoint: {name}")
             continue
+        used.add(src)
         ref = state[src]
         if tuple(ref.shape) != tuple(tensor.shape):
             problems.append(f"shape of {name}: model {tuple(tensor.shape)} vs checkpoint {tuple(ref.shape)}")
@@ -123,16 +128,8 @@ def verify_weights(model: torch.nn.Module, checkpoint: Path, scope_map: list[str
     if problems:
         head = "; ".join(problems[:5])
         raise ModelLoadError(f"{checkpoint}: {len(problems)} tensors do not match the model ({head})")
+    unused = sorted(k for k in state if k not in used) if isinstance(state, dict) else []
+    if unused:
+        log.warning("%s: %d checkpoint tensors are not part of the model built from config.yaml (e.g. %s)",
+                    checkpoint, len(unused), ", ".join(unused[:3]))
     log.info("verified %d tensors against %s", len(model.state_dict()), checkpoint)
-
-
-def pull(spec: ModelSpec, target: Path) -> Path:
-    """Download a model from ModelScope into `target` (needs the hub; not reachable offline)."""
-    from modelscope import snapshot_download
-
-    target = Path(target)
-    if (target / RANDOM_MARKER).exists():
-        (target / RANDOM_MARKER).unlink()
-    path = snapshot_download(spec.hub_id, revision=spec.revision, local_dir=str(target))
-    check_directory(Path(path))
-    return Path(path)

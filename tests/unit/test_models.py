@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from shared.models import random_init, registry
+from shared.models import random_init, registry, weights
 
 
 def test_tiny_models_load_and_verify(models_dir):
@@ -57,6 +57,7 @@ def test_missing_folder_explains(tmp_path):
 def test_real_weights_are_not_replaced_without_force(tmp_path):
     target = tmp_path / "sv"
     random_init.write_sensevoice(target, "tiny")
+    torch.save(weights.strip_marker(torch.load(target / "model.pt")), target / "model.pt")
     (target / random_init.RANDOM_MARKER).unlink()  # now it looks like a released folder
     with pytest.raises(random_init.RealWeightsPresent):
         random_init.write_sensevoice(target, "tiny")
