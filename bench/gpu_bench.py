@@ -21,9 +21,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import Record, save, table, utterances
 from shared.batching import Item, pack
 from shared.models import random_init, registry
-from workers.emotion import Emotion2vec
-from workers.sensevoice import SenseVoice
-from workers.staging import pad_batch
+from workers.engine import optimise_emotion2vec, optimise_sensevoice
+from workers.models.emotion2vec import Emotion2vec
+from workers.models.sensevoice import SenseVoice
+from workers.runtime.options import Options
+from workers.runtime.staging import pad_batch
 
 log = logging.getLogger("bench.gpu")
 
@@ -39,6 +41,19 @@ def ensure_models(root: Path, size: str) -> dict[str, Path]:
         random_init.write_emotion2vec(dirs["e2v-8+4"], size, depth=8 if size == "full" else 1,
                                       prenet_depth=4 if size == "full" else 1)
     return dirs
+
+
+def sensevoice(am, device, options: Options) -> SenseVoice:
+    """SenseVoice as the engine builds it under `options`."""
+    model = SenseVoice(am, device, options.torch_dtype, packed=options.packed)
+    optimise_sensevoice(model, options)
+    return model
+
+
+def emotion2vec(am, device, options: Options) -> Emotion2vec:
+    model = Emotion2vec(am, device, options.torch_dtype)
+    optimise_emotion2vec(model, options)
+    return model
 
 
 def batches(wavs: list[np.ndarray], budget_s: float) -> list[list[int]]:
@@ -122,8 +137,7 @@ def fidelity(dirs, wavs, device) -> dict:
     lp32, lens = fp32.logits(wavs, ["auto"] * len(wavs), [True] * len(wavs))
     lp16, _ = bf16.logits(wavs, ["auto"] * len(wavs), [True] * len(wavs))
     # the worker's way: compiled layers, varlen attention, the FSMN apart (as the CUDA graphs replay them)
-    lpc, _ = SenseVoice(am, device, torch.bfloat16, compile="layers", graphs=True).logits(wavs, ["auto"] * len(wavs),
-                                                                             [True] * len(wavs))
+    lpc, _ = sensevoice(am, device, Options()).logits(wavs, ["auto"] * len(wavs), [True] * len(wavs))
     worstc = 0.0
     for i, w in enumerate(wavs):
         captured = {}
@@ -223,25 +237,20 @@ def main() -> None:
                                        groups[0])
     log.info("SenseVoice: %.2f GFLOP per audio second (padded batch)", sv_flops)
     note = f"batches of ≤{args.batch_seconds:.0f} padded s"
-    # name, skip key, constructor arguments (None: the padded model above); compiled ones are built
-    # when their turn comes, their compile time (and graph captures) excluded
+    # name, skip key, options (None: the padded model above); compiled ones are built when their
+    # turn comes, their compile time (and graph captures) excluded
     systems = [("speechq batched bf16, padded, eager", "eager-padded", None),
-               ("speechq batched bf16, packed varlen, compiled layers, CUDA graphs", "graphs",
-                {"attention": "varlen", "compile": "layers", "graphs": True}),
-               ("speechq batched bf16, packed varlen, compiled layers", "compile-varlen",
-                {"attention": "varlen", "compile": "layers"}),
-               ("speechq batched bf16, packed, compiled layers", "compile-padded-attention",
-                {"attention": "padded", "compile": "layers"}),
-               ("speechq batched bf16, packed, eager", "eager-packed", {"attention": "padded"})]
+               ("speechq batched bf16, packed varlen, compiled layers, CUDA graphs (the worker's options)", "graphs",
+                Options()),
+               ("speechq batched bf16, packed varlen, compiled layers", "compile-varlen", Options(cuda_graphs=False))]
     reference = np.concatenate(padded.token_ids(groups[0], ["auto"] * len(groups[0]), [True] * len(groups[0])))
-    for name, key, kwargs in systems:
-        if key in skip or ("compile" in kwargs if kwargs else False) and ({"compile", "compile-sv"} & skip):
+    for name, key, options in systems:
+        if key in skip or (options is not None and {"compile", "compile-sv"} & skip):
             continue
         t0 = time.perf_counter()
-        model = padded if kwargs is None else SenseVoice(sv_am, dev, torch.bfloat16, **kwargs)
+        model = padded if options is None else sensevoice(sv_am, dev, options)
         run_sv(model)
-        notes = note + (f"; {time.perf_counter() - t0:.0f} s to compile, excluded" if kwargs and "compile" in kwargs
-                        else "")
+        notes = note + (f"; {time.perf_counter() - t0:.0f} s to compile, excluded" if options else "")
         rows = np.concatenate(model.token_ids(groups[0], ["auto"] * len(groups[0]), [True] * len(groups[0])))
         notes += f"; {100 * np.mean(rows == reference):.2f} % of frames get the padded eager batch's token"
         bench.measure(name, "SenseVoiceSmall", wavs, lambda m=model: run_sv(m), sv_flops, baseline=b1.x_realtime,
@@ -285,7 +294,7 @@ def main() -> None:
         del eager
         torch.cuda.empty_cache()
         t0 = time.perf_counter()
-        comp = Emotion2vec(e_am, dev, torch.bfloat16, compile="layers")
+        comp = emotion2vec(e_am, dev, Options())
         run_e(comp)
         took = time.perf_counter() - t0
         diff = float((comp.scores(groups[0]) - reference).abs().max())
@@ -301,7 +310,8 @@ def main() -> None:
     from workers.engine import Engine
 
     t0 = time.perf_counter()
-    engine = Engine(Settings(sensevoice_model_dir=dirs["sensevoice"], emotion2vec_model_dir=dirs["e2v-16+8"]))
+    engine = Engine(Options.from_settings(Settings(batch_seconds=args.batch_seconds), dev), dirs["sensevoice"],
+                    dirs["e2v-16+8"], dev)
     log.info("GPU worker engine ready in %.1f s", time.perf_counter() - t0)
 
     def run_both():
@@ -312,7 +322,7 @@ def main() -> None:
     run_both()
     bench.measure("speechq both models on every segment (the GPU worker's engine)",
                   "SenseVoiceSmall + emotion2vec+ large (16+8)", wavs, run_both, sv_flops + e_flops["e2v-16+8"],
-                  notes="workers.engine.Engine as configured by default (SenseVoice packed, compiled layers); "
+                  notes="workers.engine.Engine with the default options (packed, compiled layers, CUDA graphs); "
                         "audio staged once for both models", repeat=2)
     finish(bench, fid, args)
 

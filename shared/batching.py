@@ -32,17 +32,3 @@ def pack(items: list[Item], budget_seconds: float, max_items: int = 512,
     if flush:
         return batches + [current], []
     return batches, current
-
-
-def split_by_length(lengths: list[int], ratio: float = 0.8, min_padded: int = 0) -> list[tuple[int, int]]:
-    """Cut a batch sorted longest first into runs [start, end) whose rows are at least `ratio` of
-    the run's longest, so that padding to the longest wastes little; a run keeps growing while its
-    padded size (rows × longest) is under `min_padded`, so that no run is too small to fill the GPU."""
-    runs, start = [], 0
-    while start < len(lengths):
-        longest, end = lengths[start], start + 1
-        while end < len(lengths) and (lengths[end] >= ratio * longest or (end - start) * longest < min_padded):
-            end += 1
-        runs.append((start, end))
-        start = end
-    return runs

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -60,24 +60,15 @@ class Settings(BaseSettings):
     batch_seconds: float = Field(1200.0, description="Padded audio seconds per GPU batch: large enough that the "
                                  "GPU, not the host, sets the pace; peak GPU memory grows with it.")
     batch_flush_seconds: float = 5.0
-    dtype: str = Field("bf16", description="bf16, fp16 or fp32 on CUDA; the CPU always runs fp32.")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="bf16, fp16 or fp32 on CUDA; the CPU always runs fp32.")
     compile: Literal["off", "model", "layers"] = Field(
         "layers", description="torch.compile on CUDA: 'layers' compiles each repeated layer once (regional, about "
-        "30 s of warm-up), 'model' the whole forward (minutes), 'off' runs eager. true/false mean layers/off.")
-    gpu_cudnn_attention: bool = Field(False, description="Let attention use cuDNN's kernels. They are fast, "
-                                      "but build a plan for every new batch shape (up to a second each).")
+        "30 s of warm-up), 'model' the whole padded forward (minutes; needs gpu_packed=false), 'off' runs eager.")
     gpu_packed: bool = Field(True, description="SenseVoice runs a batch's segments end to end (no padding "
                              "arithmetic) rather than padded to the longest.")
     gpu_cuda_graphs: bool = Field(True, description="SenseVoice's packed encoder replays from CUDA graphs, "
-                                  "one per bucket of batch shapes, captured on first use.")
-    @field_validator("compile", mode="before")
-    @classmethod
-    def _compile_bool(cls, value):
-        """Earlier releases took a boolean here."""
-        flag = str(value).strip().lower()
-        words = {"true": "layers", "1": "layers", "yes": "layers", "false": "off", "0": "off", "no": "off"}
-        return words.get(flag, value)
-
+                                  "one per bucket of batch shapes, captured on first use (needs gpu_packed and "
+                                  "bf16 or fp16). CUDA only: the CPU runs fp32 eager.")
     gpu_write_behind: bool = Field(True, description="Store a batch's results on a side thread while the GPU "
                                                      "runs the next batch.")
     gpu_prefetch: int = Field(1, description="Messages a GPU worker reserves at once (contract 3 says 1).")

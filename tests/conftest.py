@@ -96,3 +96,15 @@ def database_url(request, tmp_path_factory) -> str:
 
     engine_for(url).dispose()
     _drop_postgres(url)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped with the reason elsewhere (run them on the GPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (the GPU tests run on the device: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -12,12 +12,14 @@ import torch
 
 from shared.config import Settings
 from shared.models import registry
-from workers.emotion import Emotion2vec, EmotionPending, EmotionScores
-from workers.sensevoice import Pending, SenseVoice, Transcript
-from workers.staging import stage, upload
+from workers.models.emotion2vec import Emotion2vec, EmotionPending, EmotionScores
+from workers.models.sensevoice import Pending, SenseVoice, Transcript
+from workers.runtime.compiling import compiled
+from workers.runtime.graphs import GraphCache
+from workers.runtime.options import Options
+from workers.runtime.staging import stage, upload
 
 log = logging.getLogger(__name__)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -26,30 +28,60 @@ class SegmentResult:
     emotion: EmotionScores
 
 
+def optimise_sensevoice(model: SenseVoice, options: Options) -> None:
+    """Compilation (each SAN-M layer, or the whole forward) and CUDA graphs of the packed encoder."""
+    if options.compile == "layers":
+        model.layer = compiled(model.layer)
+    elif options.compile == "model":
+        model.forward = compiled(model.forward)
+    model.shifted = options.compile != "off"  # the FSMN memory as shifted sums fuses when compiled
+    if options.cuda_graphs:
+        model.replay = GraphCache()
+
+
+def optimise_emotion2vec(model: Emotion2vec, options: Options) -> None:
+    """Compilation: each transformer block and the CNN front, or the whole encoder."""
+    if options.compile == "layers":
+        model.block = compiled(model.block)
+        model.front = compiled(model.front)
+    elif options.compile == "model":
+        model.encode = compiled(model.encode)
+
+
+def optimise(sensevoice: SenseVoice, emotion: Emotion2vec, options: Options) -> None:
+    """Apply the options to both models."""
+    optimise_sensevoice(sensevoice, options)
+    optimise_emotion2vec(emotion, options)
+
+
+def build_models(sv_automodel, e2v_automodel, device: torch.device,
+                 options: Options) -> tuple[SenseVoice, Emotion2vec]:
+    """Both batched forwards on `device`, optimised as `options` say."""
+    if device.type == "cuda":  # before compiling: the attention backend is chosen at trace time
+        torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN plans anew for every batch shape (BENCHMARKS.md)
+    sensevoice = SenseVoice(sv_automodel, device, options.torch_dtype, packed=options.packed)
+    emotion = Emotion2vec(e2v_automodel, device, options.torch_dtype)
+    optimise(sensevoice, emotion, options)
+    return sensevoice, emotion
+
+
 class Engine:
-    def __init__(self, settings: Settings):
-        self.device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-        dtype = DTYPES[settings.dtype] if self.device.type == "cuda" else torch.float32
+    def __init__(self, options: Options, sensevoice_dir, emotion2vec_dir, device: torch.device | None = None):
+        self.device = device or torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        self.options = options.validated(self.device)
         started = time.perf_counter()
-        self.max_segment_seconds = settings.max_segment_seconds
-        self.batch_seconds = settings.batch_seconds
-        sv = registry.load_automodel(settings.sensevoice_dir, device=str(self.device))
-        e2v = registry.load_automodel(settings.emotion2vec_dir, device=str(self.device))
-        compile = settings.compile if self.device.type == "cuda" else "off"
-        if self.device.type == "cuda":  # before compiling: the attention backend is chosen at trace time
-            torch.backends.cuda.enable_cudnn_sdp(settings.gpu_cudnn_attention)
-        self.sensevoice = SenseVoice(sv, self.device, dtype, compile=compile, packed=settings.gpu_packed,
-                                     graphs=settings.gpu_cuda_graphs)
-        self.emotion = Emotion2vec(e2v, self.device, dtype, compile=compile)
+        sv = registry.load_automodel(sensevoice_dir, device=str(self.device))
+        e2v = registry.load_automodel(emotion2vec_dir, device=str(self.device))
+        self.sensevoice, self.emotion = build_models(sv, e2v, self.device, self.options)
         self.provenance = {
-            "asr": registry.provenance(registry.SENSEVOICE, settings.sensevoice_dir),
-            "emotion": registry.provenance(registry.EMOTION2VEC, settings.emotion2vec_dir),
+            "asr": registry.provenance(registry.SENSEVOICE, sensevoice_dir),
+            "emotion": registry.provenance(registry.EMOTION2VEC, emotion2vec_dir),
         }
         for p in self.provenance.values():
             if p.random_weights:
                 log.warning("%s at %s has RANDOM weights: its output is not a transcript", p.name, p.path)
         self.warm_up()
-        log.info("models ready on %s (%s, CUDA_VISIBLE_DEVICES=%s) in %.1f s", self.device, dtype,
+        log.info("models ready on %s (%s, CUDA_VISIBLE_DEVICES=%s) in %.1f s", self.device, self.options,
                  os.environ.get("CUDA_VISIBLE_DEVICES", "-"), time.perf_counter() - started)
 
     def warm_up(self) -> None:
@@ -57,10 +89,10 @@ class Engine:
         compiled layers have met general shapes (and 64-bit indexing where a full batch needs it)
         before the first real batch arrives."""
         rng = np.random.default_rng(0)
-        longest = self.max_segment_seconds
+        longest = self.options.max_segment_seconds
         shapes = [(2, 1.0, 1 / 3), (5, longest / 3, 1 / 3)]
-        if self.device.type == "cuda":  # where the layers are compiled
-            shapes += [(11, longest, 1 / 3), (max(int(self.batch_seconds // longest), 11), longest, 1)]
+        if self.options.compile != "off":
+            shapes += [(11, longest, 1 / 3), (max(int(self.options.batch_seconds // longest), 11), longest, 1)]
         for n, top, low in shapes:
             # the last: equal lengths, so that emotion2vec runs it as one run of the whole budget
             seconds = np.linspace(top, top * low, n) + rng.uniform(0, 0.05, n) * (low < 1)
@@ -138,7 +170,11 @@ _engine: Engine | None = None
 
 
 def get_engine(settings: Settings) -> Engine:
+    """This process's engine, built from the settings on first use (an invalid combination of GPU
+    settings raises workers.runtime.options.InvalidOptions here, when the worker starts)."""
     global _engine
     if _engine is None:
-        _engine = Engine(settings)
+        device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        _engine = Engine(Options.from_settings(settings, device), settings.sensevoice_dir, settings.emotion2vec_dir,
+                         device)
     return _engine

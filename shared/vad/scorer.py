@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.fbank import LogMel
+from workers.models.fbank import LogMel
 
 
 @dataclass

@@ -27,16 +27,3 @@ def test_segment_longer_than_budget_gets_its_own_batch():
 def test_max_items():
     batches, _ = pack([Item(str(i), 0.1) for i in range(10)], budget_seconds=100, max_items=4, flush=True)
     assert [len(b) for b in batches] == [4, 4, 2]
-
-
-def test_split_by_length_bounds_padding():
-    from shared.batching import split_by_length
-
-    lengths = [300, 290, 250, 241, 100, 95, 20]
-    runs = split_by_length(lengths, ratio=0.8)
-    assert runs == [(0, 4), (4, 6), (6, 7)]
-    for start, end in runs:
-        assert all(n >= 0.8 * lengths[start] for n in lengths[start:end])
-    # a run grows past the ratio until its padded size reaches min_padded
-    assert split_by_length(lengths, ratio=0.8, min_padded=1500) == [(0, 5), (5, 7)]
-    assert split_by_length([], 0.8) == []

@@ -16,16 +16,3 @@ def test_one_setting_away(monkeypatch):
     s = Settings()
     assert s.database == "postgresql+psycopg://u@db/speechq" and s.broker == "redis://broker:6379/0"
     assert Settings().labels("agent, customer ,") == ["agent", "customer"]
-
-
-def test_compile_scope_accepts_the_old_boolean(monkeypatch):
-    import pydantic
-    import pytest
-
-    assert Settings().compile == "layers"
-    for value, scope in (("true", "layers"), ("0", "off"), ("model", "model"), ("off", "off")):
-        monkeypatch.setenv("SPEECHQ_COMPILE", value)
-        assert Settings().compile == scope
-    monkeypatch.setenv("SPEECHQ_COMPILE", "everything")
-    with pytest.raises(pydantic.ValidationError):
-        Settings()

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.batching import split_by_length
-from workers.compiling import batch_dynamic, bucket_width, compiled, scope
-from workers.staging import copied, pad_batch, prepare, to_device
+from workers.runtime.compiling import batch_dynamic
+from workers.runtime.staging import copied, pad_batch, prepare, to_device
 
 
 @dataclass
@@ -29,29 +28,12 @@ def _short(label: str) -> str:
     return label.split("/")[-1]
 
 
-def _attention(attn, x: torch.Tensor, bias) -> torch.Tensor:
-    """bias: a dense (B, H, N, N) additive mask, or (score_mod, block_mask) for FlexAttention."""
+def _attention(attn, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """bias: the dense (B, H, N, N) additive mask (ALiBi, and -inf on padded keys)."""
     b, n, c = x.shape
     q, k, v = attn.qkv(x).reshape(b, n, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
-    if isinstance(bias, tuple):
-        from torch.nn.attention.flex_attention import flex_attention
-
-        score_mod, block_mask = bias
-        # separate buffers: the compiled kernel does not take three views of one qkv product
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out = flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=attn.scale)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale)
     return attn.proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-def _alibi_mod(slopes: torch.Tensor, first: int):
-    """ALiBi as a FlexAttention score_mod: score − slope[h]·|q − kv| between frames; 0 where either
-    side is one of the `first` extra tokens (funasr pads the dense bias with zeros there)."""
-    def score_mod(score, b, h, q, kv):
-        bias = slopes[h] * (q - kv).abs().to(torch.float32)
-        return torch.where((q >= first) & (kv >= first), score - bias, score)
-    return score_mod
 
 
 def _positions(enc, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -85,17 +67,26 @@ def _block(blk, x: torch.Tensor, bias) -> torch.Tensor:
     return blk.norm2(x + blk.mlp(x))
 
 
+def split_by_length(lengths: list[int], ratio: float = 0.8, min_padded: int = 0) -> list[tuple[int, int]]:
+    """Cut a batch sorted longest first into runs [start, end) whose rows are at least `ratio` of
+    the run's longest, so that padding to the longest wastes little; a run keeps growing while its
+    padded size (rows × longest) is under `min_padded`, so that no run is too small to fill the GPU."""
+    runs, start = [], 0
+    while start < len(lengths):
+        longest, end = lengths[start], start + 1
+        while end < len(lengths) and (lengths[end] >= ratio * longest or (end - start) * longest < min_padded):
+            end += 1
+        runs.append((start, end))
+        start = end
+    return runs
+
+
 class Emotion2vec:
-    def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
-                 compile: bool | str = False, attention: str = "auto", dynamic: bool | None = True,
-                 bucket_seconds: float = 0.0):
-        """attention: "dense" (SDPA with a (B, H, N, N) ALiBi + padding bias) or "flex" (FlexAttention:
-        ALiBi computed in the kernel, padded key blocks skipped; equal to dense in tests, but on an
-        H100 with torch 2.11 its compiled kernel is 9x slower than SDPA with the bias, see
-        BENCHMARKS.md). "auto" is dense. compile: "off", "model" or "layers"
-        (each transformer block, regional), see workers.compiling; True means "model".
-        bucket_seconds: pad each batch's length up to a multiple of it."""
-        self.bucket = int(bucket_seconds * 16000)
+    """The batched forward. Built eager; the engine (workers.gpu.engine) may replace `block` (one
+    transformer block) and `front` (the CNN feature extractor and positions) by compiled copies,
+    or `encode` (the whole encoder) by a compiled copy of it."""
+
+    def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32):
         self.split_ratio, self.split_min = 0.8, 600 * 16000  # see launch(); measured in BENCHMARKS.md
         self.model = prepare(automodel.model, device, dtype)
         tokenizer = automodel.kwargs.get("tokenizer")
@@ -109,18 +100,11 @@ class Emotion2vec:
         self.device = device
         self.dtype = dtype
         self.encoder = self.model.modality_encoders["AUDIO"]
-        if attention == "auto":
-            attention = "dense"
-        if attention not in ("dense", "flex"):
-            raise ValueError(f"unknown attention {attention!r}")
-        self.attention = attention
-        self.slopes = self._slopes() if attention == "flex" else None
         self.align = 8  # attention length multiple
-        mode = scope(compile)
-        self.block = compiled(_block, dynamic) if mode == "layers" else _block
-        self.front = compiled(_front, dynamic) if mode == "layers" else _front
-        if mode == "model":
-            self._encode = compiled(self._encode, dynamic)
+        # what the engine may replace (eager defaults)
+        self.block = _block
+        self.front = _front
+        self.encode = self._encode
 
     def _frames(self, lengths: torch.Tensor) -> torch.Tensor:
         for _, kernel, stride in self.encoder.feature_enc_layers:
@@ -141,24 +125,8 @@ class Emotion2vec:
                 scales = [s.type_as(alibi) for s in scale]
         return F.pad(alibi, (extra, 0, extra, 0)), scales
 
-    def _slopes(self) -> list[torch.Tensor]:
-        """Per block, the (H,) ALiBi slopes times the block's learned scale, in fp32: the dense bias
-        of head h is −slope[h]·|i − j| (read back from funasr's own bias at distance 1)."""
-        enc = self.encoder
-        heads = enc.modality_cfg.num_alibi_heads
-        probe = enc.get_alibi_bias(batch_size=1, time_steps=2, heads=heads, dtype=torch.float32, device=self.device)
-        slopes = -probe[0, :, 0, 1]
-        blocks = len(enc.context_encoder.blocks) + len(self.model.blocks)
-        scale = enc.alibi_scale
-        if scale is None:
-            return [slopes] * blocks
-        scale = scale.detach().float().clamp_min(0)
-        if scale.size(0) == 1:
-            return [slopes * scale.reshape(-1)] * blocks
-        return [slopes * s.reshape(-1) for s in scale]
-
     def _normalised(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        source, lengths = pad_batch(wavs, self.device, bucket_width(max(map(len, wavs)), self.bucket))
+        source, lengths = pad_batch(wavs, self.device)
         return self._normalise(source, lengths), lengths
 
     def _normalise(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -175,7 +143,7 @@ class Emotion2vec:
     def embeddings(self, wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame features (B, T, C) without extra tokens, and the valid-frame mask (B, T)."""
         source, lengths = self._normalised(wavs)
-        return self._encode(source, lengths)
+        return self.encode(source, lengths)
 
     def _encode(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.encoder
@@ -199,30 +167,16 @@ class Emotion2vec:
         if ctx.norm is not None and not ctx.layer_norm_first:
             x = ctx.norm(x)
         blocks = list(ctx.blocks) + list(self.model.blocks)
-        if self.slopes is not None:
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            n = x.shape[1]
-            # The mask is evaluated on whole 128-key blocks: the lookup table covers them all.
-            lookup = F.pad(padding, (0, -n % 128), value=True)
-
-            def keep(b, h, q, kv):
-                return ~lookup[b, kv]
-
-            block_mask = create_block_mask(keep, x.shape[0], None, n, n, device=x.device)
-            for blk, slopes in zip(blocks, self.slopes):
-                x = self.block(blk, x, (_alibi_mod(slopes, num), block_mask))
-        else:
-            alibi, scales = self._alibi(x.shape[1] - num, num)
-            keys = padding[:, None, None, :]
-            dtype = self.dtype
-            bias = alibi.to(dtype).masked_fill(keys, float("-inf"))  # (B, H, N, N)
-            batch_dynamic(x, bias)
-            for i, blk in enumerate(blocks):
-                if scales is not None:
-                    bias = (alibi * scales[i]).to(dtype).masked_fill(keys, float("-inf"))
-                    batch_dynamic(bias)
-                x = self.block(blk, x, bias)
+        alibi, scales = self._alibi(x.shape[1] - num, num)
+        keys = padding[:, None, None, :]
+        dtype = self.dtype
+        bias = alibi.to(dtype).masked_fill(keys, float("-inf"))  # (B, H, N, N)
+        batch_dynamic(x, bias)
+        for i, blk in enumerate(blocks):
+            if scales is not None:
+                bias = (alibi * scales[i]).to(dtype).masked_fill(keys, float("-inf"))
+                batch_dynamic(bias)
+            x = self.block(blk, x, bias)
         if self.model.norm is not None:
             x = self.model.norm(x)
         return x[:, num:].float(), valid  # (B, T + alignment, C), with the alignment frames invalid
@@ -237,7 +191,7 @@ class Emotion2vec:
                host_lengths: torch.Tensor | None = None) -> EmotionPending:
         """Queue a padded batch (raw waveforms, as staged for SenseVoice too) on the device and
         start copying the scores back; returns at once. With the lengths on the host too, the rows
-        run longest first in runs of similar length (shared.batching.split_by_length), each padded
+        run longest first in runs of similar length (split_by_length), each padded
         only to its own longest: a batch that spans 3 to 30 s no longer pads every row to 30 s."""
         if host_lengths is None or len(host_lengths) < 2:
             probs = self._run(wav, lengths)
@@ -254,7 +208,7 @@ class Emotion2vec:
         return EmotionPending(probs.to("cpu", non_blocking=True), copied(), self)
 
     def _run(self, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self._scores(*self._encode(self._normalise(wav, lengths), lengths))
+        return self._scores(*self.encode(self._normalise(wav, lengths), lengths))
 
     def _scores(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         w = valid.to(x.dtype)[..., None]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from shared.fbank import LogMel
+from workers.models.fbank import LogMel
 
 
 class BatchFrontend(torch.nn.Module):

@@ -10,7 +10,7 @@ segment, every gap and the tail padding is then an attention sequence of its own
 attends across a boundary and every frame's output stays finite.
 
 With `bucketed`, the packed length, the number of attention sequences and the longest sequence are
-rounded up (workers.graphs.bucket) so that a CUDA graph captured for one batch replays for the next.
+rounded up (workers.runtime.graphs.bucket) so that a CUDA graph captured for one batch replays for the next.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workers.graphs import bucket
-from workers.staging import to_device
+from workers.runtime.graphs import bucket
+from workers.runtime.staging import to_device
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Same weights and the same function as funasr's SenseVoiceEncoderSmall.forward in eval mode, but
 attention goes through scaled_dot_product_attention with a key-padding mask (no (B, H, T, T)
 score tensor in memory), and the whole forward is free of Python-side shape logic, so that
-torch.compile can fuse it. The layers also run on a packed sequence (workers.packed): segments
+torch.compile can fuse it. The layers also run on a packed sequence (workers.models.layout): segments
 end to end, attention in the padded layout or, varlen, on the packed sequence itself.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from workers.compiling import batch_dynamic
-from workers.packed import Layout
+from workers.models.layout import Layout
+from workers.runtime.compiling import batch_dynamic
 
 
 def _fsmn(attn, inputs: torch.Tensor, shifted: bool) -> torch.Tensor:
@@ -50,7 +50,7 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seqs: torch.Tenso
 
 def _attention(attn, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: torch.Tensor | None,
                to_rows: torch.Tensor | None, to_packed: torch.Tensor | None,
-               seqs: torch.Tensor | None, longest: int, apart: bool = False) -> torch.Tensor:
+               seqs: torch.Tensor | None, longest: int) -> torch.Tensor:
     """x: (B, T, D) padded (keys: the (B, 1, 1, T) key mask), or (1, N, D) packed: then either
     `to_rows`/`to_packed` map between the packed sequence and the padded (B, T) layout that attention
     runs in, or attention runs on the packed sequence within the bounds `seqs` (varlen)."""
@@ -58,10 +58,10 @@ def _attention(attn, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: t
     v = qkv[..., 2 * attn.h * attn.d_k:]
     inputs = v * keep
     memory = (_fsmn(attn, inputs, shifted) + inputs) * keep
-    if apart:
-        # compiled, the FSMN taps otherwise fuse into the next LayerNorm's reduction, which then
-        # loads each of them twice; ending the compiled graph here stores the memory once
-        torch._dynamo.graph_break()
+    # Compiled, the FSMN taps otherwise fuse into the next LayerNorm's reduction, which then loads
+    # each of them twice; ending the compiled region here stores the memory once (BENCHMARKS.md).
+    # Replayed from CUDA graphs the extra region costs no host time. Eager, this is a no-op.
+    torch._dynamo.graph_break()
     if seqs is not None:
         n = qkv.shape[1]
         q, k, v = qkv[0].reshape(n, 3, attn.h, attn.d_k).unbind(1)
@@ -78,33 +78,15 @@ def _attention(attn, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: t
 
 def layer(block, x: torch.Tensor, keep: torch.Tensor, shifted: bool, keys: torch.Tensor | None = None,
           to_rows: torch.Tensor | None = None, to_packed: torch.Tensor | None = None,
-          seqs: torch.Tensor | None = None, longest: int = 0, apart: bool = False) -> torch.Tensor:
-    """One SAN-M encoder layer (funasr's EncoderLayerSANM.forward in eval mode), padded or packed.
-    apart: compiled, the FSMN memory is a graph of its own (see _attention)."""
-    attended = _attention(block.self_attn, block.norm1(x), keep, shifted, keys, to_rows, to_packed, seqs, longest,
-                          apart)
+          seqs: torch.Tensor | None = None, longest: int = 0) -> torch.Tensor:
+    """One SAN-M encoder layer (funasr's EncoderLayerSANM.forward in eval mode), padded or packed."""
+    attended = _attention(block.self_attn, block.norm1(x), keep, shifted, keys, to_rows, to_packed, seqs, longest)
     x = x + attended if block.in_size == block.size else attended
-    return x + _feed_forward(block.feed_forward, block.norm2(x))
-
-
-# Off: on the H100 it cut SenseVoice's device time by 12 % (BENCHMARKS.md, session 5), but in one of
-# five GPU test runs with it on, the CUDA-graph test found the replayed tokens differing from the
-# direct compiled forward (test_cuda_graphs_replay_the_compiled_forward), and the cause is not found.
-# bench.profile_gpu compares both.
-FUSED_RELU = False
-
-
-def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:
-    """funasr's PositionwiseFeedForward in eval mode; with ReLU, the bias and ReLU of the first
-    linear run in the GEMM's epilogue (cuBLASLt) instead of a pass over the (N, 2048) hidden tensor."""
-    if not FUSED_RELU or type(ff.activation) is not torch.nn.ReLU:
-        return ff(x)
-    hidden = torch._addmm_activation(ff.w_1.bias, x.reshape(-1, x.shape[-1]), ff.w_1.weight.t())
-    return ff.w_2(hidden).reshape(*x.shape[:-1], -1)
+    return x + block.feed_forward(block.norm2(x))
 
 
 def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = False, run=layer,
-           layout: Layout | None = None, apart: bool = False) -> torch.Tensor:
+           layout: Layout | None = None) -> torch.Tensor:
     """(B, T, 560) features with the 4 query frames, valid lengths -> (B, T, 512), or with a
     `layout`, the packed (1, N, 512). `run` applies one layer (`layer`, or a compiled copy of it)."""
     valid = torch.arange(xs.shape[1], device=xs.device)[None, :] < lengths[:, None]
@@ -114,8 +96,8 @@ def encode(encoder, xs: torch.Tensor, lengths: torch.Tensor, shifted: bool = Fal
         xs = xs * encoder.output_size() ** 0.5
         xs = xs + sinusoid(torch.arange(1, xs.shape[1] + 1, device=xs.device)[None], xs.shape[-1], xs.dtype)
         batch_dynamic(xs, keep, keys)
-        return layers(encoder, xs, keep, shifted, run, keys=keys, apart=apart)
-    attend = layout.attention() | {"apart": apart}
+        return layers(encoder, xs, keep, shifted, run, keys=keys)
+    attend = layout.attention()
     if layout.seqs is None:
         attend["keys"] = keys
     return layers(encoder, embed_packed(encoder, xs, layout), layout.valid, shifted, run, **attend)

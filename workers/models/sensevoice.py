@@ -13,12 +13,10 @@ import numpy as np
 import torch
 
 from shared.models.tokens import parse_tags
-from workers import sanm
-from workers.compiling import bucket_width, compiled, scope
-from workers.features import BatchFrontend
-from workers.graphs import GraphCache
-from workers.packed import Layout
-from workers.staging import copied, prepare, stage, to_device, upload
+from workers.models import sanm
+from workers.models.features import BatchFrontend
+from workers.models.layout import Layout
+from workers.runtime.staging import copied, prepare, stage, to_device, upload
 
 EVENT_EMO_QUERY = (1, 2)
 
@@ -33,37 +31,28 @@ class Transcript:
 
 
 class SenseVoice:
+    """The batched forward. Built eager; the engine (workers.gpu.engine) may then replace `layer`
+    (one SAN-M layer) or `forward` (the whole forward) by compiled copies, set `shifted` (the FSMN
+    memory as shifted sums, which compile into one kernel) and give `replay`, a CUDA-graph cache
+    (workers.runtime.graphs.GraphCache) that replays the packed encoder."""
+
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
-                 compile: bool | str = False, dynamic: bool | None = True, bucket_seconds: float = 0.0,
-                 packed: bool = True, attention: str = "auto", graphs: bool = False):
-        """compile: "off", "model" (the whole forward) or "layers" (each SAN-M layer, regional);
-        see workers.compiling. True means "model". bucket_seconds: pad each batch's length up to a
-        multiple of it (static-shape compiles then see few lengths). packed: segments end to end
-        (workers.packed) rather than padded to the longest. attention, when packed: "padded" (gathered
-        back to the padded layout), "varlen" (on the packed sequence) or "auto" (varlen where
-        FlashAttention runs it: CUDA, half precision). graphs: replay the packed varlen encoder from
-        CUDA graphs (workers.graphs), one per bucket of shapes."""
-        mode = scope(compile)
-        self.packed = packed and mode != "model"  # the packed layout is built on the host
+                 packed: bool = True, attention: str = "auto"):
+        """packed: a batch's segments end to end (workers.models.layout) rather than padded to the
+        longest. attention, when packed: "padded" (gathered back to the padded layout), "varlen" (on
+        the packed sequence) or "auto" (varlen where FlashAttention runs it: CUDA, half precision)."""
         half = dtype in (torch.float16, torch.bfloat16)
         if attention == "auto":
             attention = "varlen" if device.type == "cuda" and half else "padded"
         if attention not in ("padded", "varlen"):
             raise ValueError(f"unknown attention {attention!r}")
-        self.varlen = self.packed and attention == "varlen"
-        self.graphs = GraphCache() if graphs and self.varlen and device.type == "cuda" else None
-        self.bucketed = self.graphs is not None  # packed shapes rounded up to the graphs' buckets
-        # with graphs, an extra compiled region costs no host time: the FSMN memory gets its own
-        # (workers.sanm._attention; measured in BENCHMARKS.md)
-        self.apart = self.graphs is not None
-        self.bucket = int(bucket_seconds * 16000)
+        self.packed = packed
+        self.varlen = packed and attention == "varlen"
         self.model = prepare(automodel.model, device, dtype)
         self.tokenizer = automodel.kwargs["tokenizer"]
         self.device = device
         self.dtype = dtype
         self.frontend = BatchFrontend(automodel.kwargs["frontend"], device)
-        self.shifted = mode != "off"
-        self.layer = compiled(sanm.layer, dynamic) if mode == "layers" else sanm.layer
         self.gap = sanm.gap(self.model.encoder)
         # CTC head padded to a multiple of 128 classes: GEMM libraries pick far better kernels
         # for 25088 than for 25055 outputs. Extra classes get -inf and never win the argmax.
@@ -74,7 +63,11 @@ class SenseVoice:
         self.head_weight[: self.vocab] = head.weight.detach()
         self.head_bias = torch.full((padded,), float("-inf"), dtype=dtype, device=device)
         self.head_bias[: self.vocab] = head.bias.detach()
-        self._forward = compiled(self._ids, dynamic) if mode == "model" else self._ids
+        # what the engine may replace (eager defaults)
+        self.layer = sanm.layer
+        self.shifted = False
+        self.forward = self._ids
+        self.replay = None
 
     def _query(self, languages: list[str], itn: list[bool]) -> torch.Tensor:
         lid = [self.model.lid_dict.get(lang, 0) for lang in languages]
@@ -91,7 +84,8 @@ class SenseVoice:
         if not self.packed or host_lengths is None:
             return None
         frames = (self.frontend.frames(host_lengths) + query.shape[1]).numpy()  # on the host: no device sync
-        return Layout.build(frames, speech.shape[1], self.gap, self.device, self.varlen, self.bucketed)
+        # replayed, shapes are rounded up to the graphs' buckets so that one graph serves many batches
+        return Layout.build(frames, speech.shape[1], self.gap, self.device, self.varlen, self.replay is not None)
 
     def _head(self, out: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(out, self.head_weight, self.head_bias)
@@ -101,11 +95,11 @@ class SenseVoice:
         of each row, on the host) are given and packing is on, else padded (B, T, V)."""
         speech, lengths = self._speech(wav, lengths, query)
         layout = self._layout(speech, query, host_lengths)
-        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer, layout, self.apart)
+        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer, layout)
         return self._head(out), lengths, layout
 
     def _ids(self, wav, lengths, query, host_lengths=None):
-        if self.graphs is None or host_lengths is None:
+        if self.replay is None or host_lengths is None:
             logits, lengths, layout = self._encode(wav, lengths, query, host_lengths)
             return logits.argmax(dim=-1), lengths, layout
         speech, lengths = self._speech(wav, lengths, query)
@@ -114,11 +108,10 @@ class SenseVoice:
         longest = layout.longest
 
         def forward(xs, valid, seqs):
-            out = sanm.layers(self.model.encoder, xs, valid, self.shifted, self.layer, seqs=seqs, longest=longest,
-                              apart=self.apart)
+            out = sanm.layers(self.model.encoder, xs, valid, self.shifted, self.layer, seqs=seqs, longest=longest)
             return self._head(out).argmax(dim=-1)
 
-        return self.graphs.run(layout.key, forward, xs, layout.valid, layout.seqs), lengths, layout
+        return self.replay.run(layout.key, forward, xs, layout.valid, layout.seqs), lengths, layout
 
     @torch.inference_mode()
     def logits(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]):
@@ -134,14 +127,14 @@ class SenseVoice:
     def launch(self, wav: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor,
                languages: list[str], itn: list[bool]) -> Pending:
         """Queue the batch on the device and start copying the best tokens back; returns at once."""
-        best, lengths, layout = self._forward(wav, lengths, self._query(languages, itn), host_lengths)
+        best, lengths, layout = self.forward(wav, lengths, self._query(languages, itn), host_lengths)
         return Pending(best.to(torch.int32).to("cpu", non_blocking=True),
                        lengths.to("cpu", non_blocking=True), layout, copied(), self)
 
     def token_ids(self, wavs, languages, itn) -> list[np.ndarray]:
         """Best CTC token per frame, one array per segment (waits for the device)."""
         staged = stage(wavs, self.device)
-        wav, lengths = upload(staged, self.device, bucket_width(max(map(len, wavs)), self.bucket))
+        wav, lengths = upload(staged, self.device)
         return self.launch(wav, lengths, staged[1], languages, itn).rows()
 
     def decode(self, rows: list[np.ndarray]) -> list[Transcript]:
