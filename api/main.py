@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api.routes import health, jobs
 from api.uploads import BodyLimit
@@ -22,8 +23,10 @@ async def lifespan(_app: FastAPI):
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    app = FastAPI(title="speechq", version="0.1.0", lifespan=lifespan,
-                  description="Speech-to-text, language, emotion and audio events for call-center archives.")
+    # /docs and /redoc from files in the fastapi-offline wheel, not a CDN: they work without internet.
+    app = FastAPIOffline(title="speechq", version="0.1.0", lifespan=lifespan,
+                         description="Speech-to-text, language, emotion and audio events for call-center archives. "
+                                     "Times and durations are in seconds (`_s`); timestamps are UTC.")
     app.include_router(jobs.router)
     app.include_router(health.router)
     # Multipart overhead on top of the per-file limit.

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from shared.audio import sidecar
 from shared.config import Settings
 from shared.models.tokens import LANGUAGES
-from shared.schema import Archive, File, Job
+from shared.schema import Archive, File, FileState, Job
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ def _is_archive(item: Incoming) -> bool:
 
 def create_job(db: Session, settings: Settings, items: list[Incoming], *, name: str | None = None,
                channel_labels: str | None = None, language: str | None = None,
-               use_itn: bool | None = None, job: Job | None = None) -> tuple[Job, list[str], list[str]]:
-    """Rows for the job, its files and archives. Returns (job, file ids, archive ids) to enqueue."""
+               use_itn: bool | None = None, job: Job | None = None) -> tuple[Job, list[File], list[Archive]]:
+    """Rows for the job, its files and archives. Returns (job, files, archives) to enqueue; a sidecar such as
+    notes.txt gets a row in state `skipped` and is not enqueued."""
     language = language or settings.language
     if language not in LANGUAGES:
         raise SubmitError(f"unknown language {language!r}; one of {sorted(LANGUAGES)}")
@@ -56,23 +58,30 @@ def create_job(db: Session, settings: Settings, items: list[Incoming], *, name: 
             a = Archive(job_id=job.id, name=item.name, path=str(item.path), size_bytes=item.size)
             db.add(a)
             archives.append(a)
+        elif reason := sidecar(item.name):
+            db.add(File(job_id=job.id, name=item.name, path=str(item.path), size_bytes=item.size,
+                        sha256=item.sha256, state=FileState.skipped, error=reason))
+            job.files_skipped = (job.files_skipped or 0) + 1
         else:
             f = File(job_id=job.id, name=item.name, path=str(item.path), size_bytes=item.size, sha256=item.sha256)
             db.add(f)
             files.append(f)
     db.flush()
-    job.files_total = len(files)
-    return job, [f.id for f in files], [a.id for a in archives]
+    job.files_total = len(files) + (job.files_skipped or 0)
+    if not files and not archives:
+        from workers.progress import recount
+
+        recount(db, job)  # nothing to process: the job ends now
+    return job, files, archives
 
 
-def enqueue(file_ids: list[str], archive_ids: list[str]) -> None:
+def enqueue(files: list[File], archives: list[Archive]) -> None:
     """After the commit: the rows exist before any worker can see a message about them."""
-    from workers import ingest
-    from workers.archives import expand_archive
+    from workers import archives as expansion, ingest
 
-    for archive_id in archive_ids:
-        expand_archive.apply_async((archive_id,), queue="ingest")
-    ingest.enqueue(file_ids)
+    for a in archives:
+        expansion.enqueue(a.id, a.job_id, a.name)
+    ingest.enqueue([ingest.FileRef(f.id, f.job_id, f.name) for f in files])
 
 
 def resolve_server_path(settings: Settings, raw: str) -> Path:

@@ -287,7 +287,7 @@ def main() -> None:
         reference = eager.scores(groups[0])
         if "eager-e2v" not in skip:  # its (B, 512, 3,200 per s) front-end tensors need ~70 GiB at 3,000 s batches
             run_e(eager)
-            bench.measure("speechq batched bf16, eager", label, wavs, lambda: run_e(eager), flops, baseline=base,
+            bench.measure("speechq batched bf16, eager", label, wavs, lambda m=eager: run_e(m), flops, baseline=base,
                           repeat=2)
         if "compile" in skip:
             continue
@@ -298,7 +298,7 @@ def main() -> None:
         run_e(comp)
         took = time.perf_counter() - t0
         diff = float((comp.scores(groups[0]) - reference).abs().max())
-        bench.measure("speechq batched bf16, compiled layers", label, wavs, lambda: run_e(comp), flops,
+        bench.measure("speechq batched bf16, compiled layers", label, wavs, lambda m=comp: run_e(m), flops,
                       baseline=base, repeat=2, notes=f"compile time ({took:.0f} s) excluded; "
                                                      f"scores vs eager: max diff {diff:.1e}")
         del comp

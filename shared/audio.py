@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import ffmpeg
 import numpy as np
@@ -21,7 +21,15 @@ log = logging.getLogger(__name__)
 
 
 class AudioError(Exception):
-    """A file that cannot be used as audio; the message is shown to the user."""
+    """A file that cannot be used as audio; the message is shown to the user, so it never holds a server path."""
+
+
+# Files that travel with recordings in call archives (metadata, notes, checksums, documents): skipped, not failed.
+SIDECAR_SUFFIXES = frozenset(
+    ".txt .csv .tsv .json .jsonl .xml .yaml .yml .ini .cfg .conf .log .md .rst .nfo .html .htm .pdf .rtf .doc .docx "
+    ".xls .xlsx .odt .ods .md5 .sha1 .sha256 .sfv .sig .asc .jpg .jpeg .png .gif .bmp .tif .tiff".split())
+SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+TEXT_PROBE_BYTES = 4096
 
 
 # libsndfile subtypes under the codec names ffmpeg reports, so that both readers agree.
@@ -40,6 +48,18 @@ class AudioInfo:
     reader: str = "ffmpeg"
 
 
+def sidecar(name: str) -> str | None:
+    """Why a file of this name (as submitted, or as an archive member) is not a recording; None if it may be one."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if "__MACOSX" in path.parts or path.name.startswith("._"):
+        return "macOS metadata (resource fork), not audio"
+    if path.name.lower() in SYSTEM_FILES:
+        return "file-system metadata, not audio"
+    if path.suffix.lower() in SIDECAR_SUFFIXES:
+        return f"sidecar file ({path.suffix.lower()}), not audio"
+    return None
+
+
 def probe(path: Path) -> AudioInfo:
     path = Path(path)
     if path.stat().st_size == 0:
@@ -55,9 +75,13 @@ def probe(path: Path) -> AudioInfo:
     try:
         info = ffmpeg.probe(str(path))
     except ffmpeg.Error as exc:
-        raise AudioError(f"not a readable audio file: {_ffmpeg_reason(exc)}") from None
+        if _is_text(path):
+            raise AudioError("a text file, not audio") from None
+        raise AudioError(f"not a readable audio file: {_ffmpeg_reason(exc, path)}") from None
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
     if not streams:
+        if info.get("format", {}).get("format_name") == "tty" or _is_text(path):  # ffmpeg reads text as ANSI art
+            raise AudioError("a text file, not audio")
         kinds = sorted({s.get("codec_type", "?") for s in info.get("streams", [])})
         raise AudioError(f"no audio stream (found: {', '.join(kinds) or 'nothing'})")
     stream = streams[0]
@@ -77,7 +101,7 @@ def decode(path: Path, info: AudioInfo) -> np.ndarray:
         try:
             data, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"decode failed: {exc}") from None
+            raise AudioError(f"decode failed: {_without_path(str(exc), path)}") from None
         if data.shape[0] == 0:
             raise AudioError("no audio samples decoded (zero-length audio)")
         if rate != SAMPLE_RATE:
@@ -113,7 +137,7 @@ def _stream_soundfile(path: Path, info: AudioInfo, block_seconds: float):
                 if last:
                     break
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"decode failed: {exc}") from None
+        raise AudioError(f"decode failed: {_without_path(str(exc), path)}") from None
     if seen == 0:
         raise AudioError("no audio samples decoded (zero-length audio)")
 
@@ -139,7 +163,8 @@ def _stream_ffmpeg(path: Path, channels: int, block_seconds: float):
         proc.stderr.close()
         code = proc.wait()
     if code != 0:
-        raise AudioError(f"decode failed: {err[-1][:300] if err else 'ffmpeg exited with ' + str(code)}")
+        reason = _without_path(err[-1], path)[:300] if err else f"ffmpeg exited with {code}"
+        raise AudioError(f"decode failed: {reason}")
     if seen == 0:
         raise AudioError("no audio samples decoded (zero-length audio)")
 
@@ -153,7 +178,7 @@ def _decode_ffmpeg(path: Path, channels: int) -> np.ndarray:
             .run(capture_stdout=True, capture_stderr=True)
         )
     except ffmpeg.Error as exc:
-        raise AudioError(f"decode failed: {_ffmpeg_reason(exc)}") from None
+        raise AudioError(f"decode failed: {_ffmpeg_reason(exc, path)}") from None
     audio = np.frombuffer(out, dtype=np.float32)
     if audio.size == 0:
         raise AudioError("no audio samples decoded (zero-length audio)")
@@ -171,6 +196,26 @@ def _duration(stream: dict, fmt: dict) -> float:
     return 0.0
 
 
-def _ffmpeg_reason(exc: ffmpeg.Error) -> str:
+def _ffmpeg_reason(exc: ffmpeg.Error, path: Path) -> str:
     text = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()
-    return text[-1][:300] if text else "ffmpeg failed"
+    return _without_path(text[-1], path)[:300] if text else "ffmpeg failed"
+
+
+def _without_path(message: str, path: Path) -> str:
+    """ffmpeg and libsndfile name the file they read; on a server that is a spool path, not the user's name."""
+    where = str(path)
+    message = message.replace(f"'{where}'", "the file").replace(f"{where}: ", "")
+    return message.replace(where, "the file")
+
+
+def _is_text(path: Path) -> bool:
+    """True for notes, CSV, JSON and the like: the head is UTF-8 without control characters other than spacing."""
+    with open(path, "rb") as f:
+        head = f.read(TEXT_PROBE_BYTES)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut at the end of the head
+            return False
+        text = head[:exc.start].decode("utf-8")
+    return bool(text) and all(c.isprintable() or c in "\t\r\n\f" for c in text)

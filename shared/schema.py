@@ -42,6 +42,7 @@ class FileState(str, enum.Enum):
     done = "done"
     failed = "failed"
     cancelled = "cancelled"
+    skipped = "skipped"  # not audio (a sidecar such as notes.txt or calls.csv): the reason is in `error`
 
 
 class SegmentState(str, enum.Enum):
@@ -59,6 +60,7 @@ class BatchState(str, enum.Enum):
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
+    """States are VARCHAR(16) without a CHECK constraint on every database: a new state needs no DDL."""
     return Enum(cls, native_enum=False, length=16, validate_strings=True)
 
 
@@ -74,6 +76,7 @@ class Job(Base):
     files_total: Mapped[int] = mapped_column(Integer, default=0)
     files_done: Mapped[int] = mapped_column(Integer, default=0)
     files_failed: Mapped[int] = mapped_column(Integer, default=0)
+    files_skipped: Mapped[int] = mapped_column(Integer, default=0)
     audio_seconds_total: Mapped[float] = mapped_column(Float, default=0.0)
     audio_seconds_done: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
@@ -99,7 +102,7 @@ class File(Base):
     duplicate_of: Mapped[str | None] = mapped_column(
         ForeignKey("files.id", ondelete="SET NULL"), doc="Same audio (sha256) as this earlier file of the job.")
     state: Mapped[FileState] = mapped_column(_enum(FileState), default=FileState.queued)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text, doc="Why it failed or was skipped, or a note such as no speech.")
     format: Mapped[str | None] = mapped_column(String(64))
     sample_rate: Mapped[int | None] = mapped_column(Integer)
     num_channels: Mapped[int | None] = mapped_column(Integer)

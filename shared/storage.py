@@ -10,6 +10,7 @@ Layout under the spool root:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,6 +46,14 @@ class Spool:
     def clean_job(self, job_id: str) -> None:
         for kind in ("uploads", "audio"):
             shutil.rmtree(self.root / kind / job_id, ignore_errors=True)
+
+    def redact(self, message: str, names: dict[str, str] | None = None) -> str:
+        """An error message fit for the user: each server path in `names` becomes the name it was submitted as,
+        and any other path under the spool becomes '<spool>'. Users never learn the server's layout."""
+        for path, name in (names or {}).items():
+            if path:
+                message = message.replace(str(path), name)
+        return re.sub(re.escape(str(self.root)) + r"[^\s'\"]*", "<spool>", message)
 
 
 def _atomic(path: Path, write) -> None:

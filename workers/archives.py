@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy import update
 
+from shared import audio
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Archive, ArchiveState, File, FileState, Job, JobState, utcnow
@@ -104,8 +105,14 @@ def members(path: Path):
             raise ArchiveRejected(f"archive is corrupt: {exc}") from None
 
 
-@app.task(name="workers.archives.expand_archive")
+def enqueue(archive_id: str, job_id: str, name: str) -> None:
+    expand_archive.apply_async((archive_id,), queue="ingest", argsrepr=f"job {job_id}: {name}")
+
+
+@app.task(name="workers.archives.expand_archive", throws=(progress.FilesFailed,))
 def expand_archive(archive_id: str) -> None:
+    """Members become files (queued, failed or skipped as sidecars). Ends FAILURE (progress.FilesFailed) if the
+    archive or any member failed, after the good members are queued."""
     from workers import ingest
 
     settings = get_settings()
@@ -136,9 +143,15 @@ def expand_archive(archive_id: str) -> None:
             row = {"id": fid, "job_id": archive.job_id, "archive_id": archive_id,
                    "name": f"{archive.name}/{printable(name)}", "path": ""}
             try:
+                member = safe_name(name)
+                row["name"] = f"{archive.name}/{member}"
+                reason = audio.sidecar(member)
+                if reason:  # notes.txt, calls.csv, __MACOSX/...: not a recording, not a failure
+                    row.update(state=FileState.skipped, error=reason)
+                    new.append(row)
+                    continue
                 if isinstance(opener, Exception):
                     raise opener
-                row["name"] = f"{archive.name}/{safe_name(name)}"
                 dst = spool.uploads(archive.job_id) / fid
                 with opener() as src:
                     size, digest = _copy(src, dst, budget - total)
@@ -155,12 +168,13 @@ def expand_archive(archive_id: str) -> None:
             except MemberRejected as exc:
                 row.update(state=FileState.failed, error=str(exc))
             except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
-                row.update(state=FileState.failed, error=f"member unreadable: {exc}")
+                row.update(state=FileState.failed, error=spool.redact(f"member unreadable: {exc}",
+                                                                      {archive.path: archive.name}))
             new.append(row)
     except ArchiveRejected as exc:
         error = str(exc)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        error = f"archive unreadable: {exc}"
+        error = spool.redact(f"archive unreadable: {exc}", {archive.path: archive.name})
     with session_scope() as db:
         progress.lock_jobs(db, [archive.job_id])
         existing = {f.id for f in db.query(File.id).filter(File.archive_id == archive_id)}
@@ -176,7 +190,12 @@ def expand_archive(archive_id: str) -> None:
     if error:
         log.warning("archive %s: %s", archive.name, error)
     for n in inner:
-        expand_archive.apply_async((n["id"],), queue="ingest")
-    ingest.enqueue([r["id"] for r in fresh if r.get("state") == FileState.queued])
-    log.info("expanded %s: %d members, %d queued", archive.name, len(new),
-             sum(1 for r in fresh if r.get("state") == FileState.queued))
+        enqueue(n["id"], n["job_id"], n["name"])
+    queued = [ingest.FileRef(r["id"], r["job_id"], r["name"]) for r in fresh if r.get("state") == FileState.queued]
+    ingest.enqueue(queued)
+    skipped = sum(1 for r in fresh if r.get("state") == FileState.skipped)
+    log.info("expanded %s: %d members, %d queued, %d skipped", archive.name, len(new), len(queued), skipped)
+    failures = [(archive.name, error)] if error else []
+    failures += [(r["name"], r["error"]) for r in fresh if r.get("state") == FileState.failed]
+    if failures:
+        raise progress.FilesFailed.of(failures, max(count, 1))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from celery import Celery
-from celery.signals import after_setup_logger
+import os
 
-from shared import logs
+from celery import Celery
+from celery.signals import after_setup_logger, beat_embedded_init, worker_process_init, worker_ready, worker_shutdown
+
+from shared import heartbeat, logs
 from shared.config import get_settings
+from workers.launcher import die_with_parent
 
 settings = get_settings()
 
@@ -32,8 +35,44 @@ app.conf.update(
         "reconcile": {"task": "workers.reconcile.reconcile", "schedule": settings.reconcile_interval_seconds},
     },
 )
+_heartbeat: heartbeat.Heartbeat | None = None
+
+
+def worker_role() -> str:
+    """`gpu` or `ingest`: SPEECHQ_WORKER_ROLE, else what the worker consumes (-Q)."""
+    role = os.environ.get("SPEECHQ_WORKER_ROLE")
+    if role in heartbeat.ROLES:
+        return role
+    return "gpu" if "gpu" in app.amqp.queues.consume_from else "ingest"
 
 
 @after_setup_logger.connect
 def _logging(logger, **_kwargs):
     logs.setup()
+
+
+@worker_process_init.connect
+def _pool_child_dies_with_worker(**_kwargs):
+    # Celery's prefork initializer asks for this too; said here as well because a pool child that
+    # outlives its worker would keep consuming from the next stack's broker with old code.
+    die_with_parent()
+
+
+@beat_embedded_init.connect
+def _beat_dies_with_worker(**_kwargs):
+    die_with_parent()  # `worker -B` runs beat in a child process of the worker
+
+
+@worker_ready.connect
+def _start_heartbeat(sender, **_kwargs):
+    """The ingest worker beats from its main process; a GPU worker beats from the pool child that holds
+    the models (workers.gpu)."""
+    global _heartbeat
+    if worker_role() == "ingest":
+        _heartbeat = heartbeat.Heartbeat(get_settings(), "ingest", sender.hostname).start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_kwargs):
+    if _heartbeat is not None:
+        _heartbeat.stop()

@@ -17,22 +17,83 @@ from pathlib import Path
 from celery.signals import worker_process_init, worker_process_shutdown
 from sqlalchemy import delete, insert, or_, select, update
 
+from shared import heartbeat
 from shared.config import get_settings
 from shared.db import session_scope
-from shared.schema import (Batch, BatchState, Job, JobState, ModelVersion, Result, Segment, SegmentState,
-                           utcnow)
+from shared.models import weights
+from shared.models.registry import one_line
+from shared.schema import (Batch, BatchState, File, FileState, Job, JobState, ModelVersion, Result, Segment,
+                           SegmentState, utcnow)
 from shared.storage import Spool, read_batch, remove_batch
 from workers import progress
-from workers.celery_app import app
-from workers.engine import get_engine
+from workers.celery_app import app, worker_role
+from workers.engine import Engine, get_engine
 
 log = logging.getLogger(__name__)
+_heartbeat: heartbeat.Heartbeat | None = None
+_load_error: str | None = None  # why this process's models did not load; its batches fail with it
 
 
 @worker_process_init.connect
-def _load_models(**_kwargs):
-    if os.environ.get("SPEECHQ_WORKER_ROLE") == "gpu":
-        get_engine(get_settings())
+def _load_models(sender=None, **_kwargs):
+    """Load at start, in the pool child, and say so on the heartbeat: loading, then ready or error."""
+    global _heartbeat
+    if worker_role() != "gpu":
+        return
+    hostname = str(sender or os.uname().nodename)
+    _heartbeat = heartbeat.Heartbeat(get_settings(), "gpu", hostname, state="loading").start()
+    load_engine(hostname)
+
+
+def load_engine(hostname: str) -> Engine | None:
+    """This process's engine; None once loading has failed (the failure is kept, published on the
+    heartbeat and set on the jobs whose batches wait, rather than retried on every batch)."""
+    global _load_error
+    if _load_error is not None:
+        return None
+    settings = get_settings()
+    try:
+        engine = get_engine(settings)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the models loading is reported the same way
+        _load_error = f"GPU worker {hostname} cannot load its models: {_describe(exc, settings)}"
+        log.error("%s; its batches fail with this error until the model folders are fixed and the worker "
+                  "restarted", _load_error, exc_info=True)
+        if _heartbeat is not None:
+            _heartbeat.update(state="error", error=_load_error)
+        _mark_waiting_jobs(_load_error)
+        return None
+    if _heartbeat is not None:
+        _heartbeat.update(state="ready", error=None, models=[
+            {"name": p.name, "sha256": p.sha256, "random_weights": p.random_weights}
+            for p in engine.provenance.values()])
+    return engine
+
+
+def _describe(exc: Exception, settings) -> str:
+    """The failure in one line that names the model folder (funasr's own errors name none)."""
+    folders = [Path(settings.sensevoice_dir), Path(settings.emotion2vec_dir)]
+    detail = one_line(exc, 600)
+    if any(str(f) in detail for f in folders):
+        return detail
+    for folder in folders:
+        try:
+            weights.load_state(folder / "model.pt")
+        except Exception:  # noqa: BLE001 - this is the checkpoint that failed
+            return f"{folder / 'model.pt'} does not open as a checkpoint (corrupt or incomplete?): {one_line(exc, 160)}"
+    return f"{detail} (model folders: {', '.join(map(str, folders))})"
+
+
+def _mark_waiting_jobs(message: str) -> None:
+    """The jobs whose batches wait in the queue carry the error at once, before their batches fail."""
+    try:
+        with session_scope() as db:
+            waiting = select(Segment.job_id).join(Batch, Segment.batch_id == Batch.id).where(
+                Batch.state == BatchState.queued)
+            db.execute(update(Job).where(Job.id.in_(waiting), Job.state.in_((JobState.queued, JobState.running)),
+                                         Job.error.is_(None))
+                       .values(error=message).execution_options(synchronize_session=False))
+    except Exception:  # noqa: BLE001 - the batches still fail with the error when they arrive
+        log.exception("could not set the model-load error on the waiting jobs")
 
 
 class WriteBehind:
@@ -69,6 +130,8 @@ _write_behind = WriteBehind()
 @worker_process_shutdown.connect
 def _flush_writes(**_kwargs):
     _write_behind.wait()
+    if _heartbeat is not None:
+        _heartbeat.stop()
 
 
 def model_version_id(db, prov) -> int:
@@ -112,12 +175,39 @@ def fail_batch(db, batch: Batch, message: str) -> None:
     progress.settle(db, job_ids)
 
 
+def fail_unloadable(db, batch: Batch, message: str) -> list[str]:
+    """A batch this worker cannot run because its models did not load: the batch, its segments and their
+    files fail with the message, and the jobs carry it. Returns the jobs that ended."""
+    log.error("batch %s failed: %s", batch.id, message)
+    rows = db.execute(select(Segment.job_id, Segment.file_id).where(Segment.batch_id == batch.id)).all()
+    job_ids, file_ids = {j for j, _ in rows}, {f for _, f in rows}
+    progress.lock_jobs(db, job_ids)
+    batch.state, batch.error = BatchState.failed, message
+    db.execute(update(Segment).where(Segment.batch_id == batch.id).values(state=SegmentState.failed)
+               .execution_options(synchronize_session=False))
+    db.execute(update(File).where(File.id.in_(file_ids), File.state == FileState.segmented)
+               .values(state=FileState.failed, error=message, updated_at=utcnow())
+               .execution_options(synchronize_session=False))
+    db.execute(update(Job).where(Job.id.in_(job_ids), Job.error.is_(None)).values(error=message)
+               .execution_options(synchronize_session=False))
+    return progress.settle(db, job_ids)
+
+
 @app.task(bind=True, name="workers.gpu.run_batch")
 def run_batch(self, batch_id: str) -> None:
     settings = get_settings()
     t0 = time.perf_counter()
-    batch = claim_batch(batch_id, self.request.hostname or "?")
+    hostname = self.request.hostname or "?"
+    batch = claim_batch(batch_id, hostname)
     if batch is None:
+        return
+    engine = load_engine(hostname)
+    if engine is None:
+        with session_scope() as db:
+            ended = fail_unloadable(db, db.get(Batch, batch_id), _load_error)
+        remove_batch(Path(batch.path))
+        for job_id in ended:
+            Spool(settings.spool).clean_job(job_id)
         return
     t1 = time.perf_counter()
     try:
@@ -129,7 +219,6 @@ def run_batch(self, batch_id: str) -> None:
     offsets = data["offsets"]
     wavs = [data["audio"][offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
     ids = [str(x) for x in data["segment_ids"]]
-    engine = get_engine(settings)
     t2 = time.perf_counter()
     try:
         flight = engine.submit(wavs, [str(x) for x in data["languages"]], [bool(x) for x in data["itn"]])

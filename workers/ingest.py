@@ -6,10 +6,11 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy import or_, select, update
 
-from shared import audio, vad
+from shared import audio
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Channel, File, FileState, Job, JobState, Segment, utcnow
@@ -18,10 +19,19 @@ from workers import packing, progress
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
+REPR_CHARS = 1000  # what Flower shows of a task's arguments
 
 
-def claim_file(file_id: str) -> File | None:
-    """Move a file to 'ingesting' if it is queued, or stuck past the deadline. None if not ours."""
+class FileRef(NamedTuple):
+    """A file to send to the ingest queue; job and name make the task readable in Flower."""
+    id: str
+    job_id: str
+    name: str
+
+
+def claim_file(file_id: str, failures: list[tuple[str, str]] | None = None) -> File | None:
+    """Move a file to 'ingesting' if it is queued, or stuck past the deadline. None if not ours.
+    A file given up on (too many attempts) is failed and appended to `failures` as (name, error)."""
     s = get_settings()
     stale = utcnow() - timedelta(seconds=s.task_deadline_seconds)
     with session_scope() as db:
@@ -45,7 +55,9 @@ def claim_file(file_id: str) -> File | None:
             f.state = FileState.cancelled
             return None
         if f.attempts > s.max_attempts:
-            _fail(db, f, f"gave up after {s.max_attempts} attempts (the worker died on this file)")
+            message = _fail(db, f, f"gave up after {s.max_attempts} attempts (the worker died on this file)")
+            if failures is not None:
+                failures.append((f.name, message))
             return None
         if job.state == JobState.queued:
             job.state, job.started_at = JobState.running, utcnow()
@@ -65,22 +77,26 @@ def _earlier_copy(db, f: File) -> str | None:
     return db.scalar(
         select(File.id).where(
             File.job_id == f.job_id, File.sha256 == f.sha256, File.id != f.id, File.duplicate_of.is_(None),
+            File.state != FileState.skipped,
             or_(File.created_at < f.created_at, (File.created_at == f.created_at) & (File.id < f.id)))
         .order_by(File.created_at, File.id).limit(1))
 
 
-def _fail(db, f: File, message: str) -> None:
+def _fail(db, f: File, message: str) -> str:
+    """Record the failure on the row, in words that name the file as submitted; returns them."""
+    message = Spool(get_settings().spool).redact(message, {f.path: f.name})
     log.warning("file %s (%s) failed: %s", f.id, f.name, message)
     progress.lock_jobs(db, [f.job_id])
     f.state, f.error = FileState.failed, message
     progress.settle(db, [f.job_id])
+    return message
 
 
 def check(f: File, settings) -> audio.AudioInfo:
     info = audio.probe(Path(f.path))
     if info.duration_s > settings.max_file_seconds:
-        raise audio.AudioError(
-            f"recording too long: {info.duration_s:.0f} s (limit SPEECHQ_MAX_FILE_SECONDS={settings.max_file_seconds:.0f})")
+        raise audio.AudioError(f"recording too long: {info.duration_s:.0f} s "
+                               f"(limit SPEECHQ_MAX_FILE_SECONDS={settings.max_file_seconds:.0f})")
     if info.channels < 1:
         raise audio.AudioError("audio stream has no channels")
     return info
@@ -114,26 +130,39 @@ class Decoded:
     samples: int
 
 
-def enqueue(file_ids: list[str]) -> None:
+def describe(files: list[FileRef]) -> str:
+    """A task's arguments as Flower shows them: the job and the files' names, not ids."""
+    jobs = sorted({f.job_id for f in files})
+    text = f"job {jobs[0]}" if len(jobs) == 1 else f"jobs {', '.join(jobs)}"
+    text += ": " + ", ".join(f.name for f in files)
+    return text if len(text) <= REPR_CHARS else text[:REPR_CHARS - 1] + "…"
+
+
+def enqueue(files: list[FileRef]) -> None:
     """Send files to the ingest queue in groups of at most SPEECHQ_INGEST_GROUP_FILES, spread evenly,
     so that one worker runs the VAD on the channels of several calls in one batched pass."""
-    if not file_ids:
+    if not files:
         return
     size = get_settings().ingest_group_files
-    groups = -(-len(file_ids) // size)
+    groups = -(-len(files) // size)
     for i in range(groups):
-        ingest_files.apply_async((file_ids[i::groups],), queue="ingest")
+        group = files[i::groups]
+        ingest_files.apply_async(([f.id for f in group],), queue="ingest", argsrepr=describe(group))
 
 
-@app.task(bind=True, name="workers.ingest.ingest_files")
+@app.task(bind=True, name="workers.ingest.ingest_files", throws=(progress.FilesFailed,))
 def ingest_files(self, file_ids: list[str]) -> None:
     """Decode each file of the group to the spool (a bad file fails alone), run every channel of
-    every decoded file through FSMN-VAD together, then store each file in its own transaction."""
+    every decoded file through FSMN-VAD together, then store each file in its own transaction.
+    Ends FAILURE (progress.FilesFailed) if any of its files failed, after the others are stored."""
+    from shared import vad  # torch: loaded where the VAD runs, not in the API that enqueues
+
     settings = get_settings()
     spool = Spool(settings.spool)
     decoded: list[Decoded] = []
+    failures: list[tuple[str, str]] = []
     for file_id in file_ids:
-        f = claim_file(file_id)
+        f = claim_file(file_id, failures)
         if f is None:
             continue
         try:
@@ -143,19 +172,21 @@ def ingest_files(self, file_ids: list[str]) -> None:
                 raise audio.AudioError("no audio samples decoded (zero-length audio)")
         except audio.AudioError as exc:
             with session_scope() as db:
-                _fail(db, db.get(File, file_id), str(exc))
+                failures.append((f.name, _fail(db, db.get(File, file_id), str(exc))))
             continue
         decoded.append(Decoded(f, info, paths, samples))
-    if not decoded:
-        return
-    streams = [read_raw(p, vad.CHUNK_SAMPLES) for d in decoded for p in d.paths]
-    spans = vad.segments_many(streams, settings.vad_model_dir, int(settings.max_segment_seconds * 1000))
-    at = 0
-    for d in decoded:
-        total = _store(d, spans[at:at + len(d.paths)], settings)
-        at += len(d.paths)
-        self.send_event("task-progress", file=d.file.name, channels=len(d.paths), segments=total)
-    packing.pack_pending()
+    if decoded:
+        streams = [read_raw(p, vad.CHUNK_SAMPLES) for d in decoded for p in d.paths]
+        spans = vad.segments_many(streams, settings.vad_model_dir, int(settings.max_segment_seconds * 1000))
+        at = 0
+        for d in decoded:
+            total = _store(d, spans[at:at + len(d.paths)], settings)
+            at += len(d.paths)
+            self.send_event("task-progress", job=d.file.job_id, file=d.file.name, channels=len(d.paths),
+                            segments=total)
+        packing.pack_pending()
+    if failures:
+        raise progress.FilesFailed.of(failures, len(file_ids))
 
 
 def _store(d: Decoded, spans_per_channel: list[list[tuple[int, int]]], settings) -> int:

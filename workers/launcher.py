@@ -1,16 +1,22 @@
-"""Worker command lines; one GPU worker per device, pinned with CUDA_VISIBLE_DEVICES.
+"""Command lines of the stack's processes, and how they are started so that none outlives its parent.
 
 Devices are counted in a child process so that the launcher itself never initialises CUDA.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared.config import get_settings
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in a freshly forked child
 
 
 @dataclass
@@ -18,6 +24,21 @@ class Proc:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+
+
+def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send `sig` to this process when the thread that started it ends (Linux prctl).
+
+    `parent_pid`: the parent as the caller knew it; if it is already gone, exit now, since the
+    kernel would never send the signal. Also called as a `preexec_fn`, between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return  # prctl is Linux's; elsewhere the supervisor's stop() is the only guard
+    if _libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(int(sig))) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def count_devices() -> int:
@@ -67,3 +88,9 @@ def flower(port: int) -> Proc:
 def api(host: str, port: int) -> Proc:
     return Proc("api", [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
                         "--log-level", "warning"], {})
+
+
+def valkey(port: int, data_dir: Path) -> Proc:
+    from shared.broker import command
+
+    return Proc("valkey", command(port, data_dir), {})

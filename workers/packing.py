@@ -19,6 +19,7 @@ from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Batch, Channel, File, FileState, Job, JobState, Segment, SegmentState, utcnow
 from shared.storage import SAMPLE_RATE, Spool, channel_samples
+from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 LOCK = "speechq:pack-lock"
@@ -59,13 +60,16 @@ def _pack(force_flush: bool) -> list[str]:
             batches += more
     created = [_make_batch([i.id for i in b]) for b in batches]
     created = [b for b in created if b]
-    from workers.gpu import run_batch
-
     for batch_id in created:
-        run_batch.apply_async((batch_id,), queue="gpu")
+        send_batch(batch_id)
     if created:
         log.info("packed %d segments into %d batch(es)", sum(len(b) for b in batches), len(created))
     return created
+
+
+def send_batch(batch_id: str) -> None:
+    """To the gpu queue, by name: the CPU side never imports the GPU worker's code."""
+    app.send_task("workers.gpu.run_batch", (batch_id,), queue="gpu", argsrepr=f"batch {batch_id}")
 
 
 def _make_batch(segment_ids: list[str]) -> str | None:

@@ -14,6 +14,18 @@ from shared.schema import Archive, ArchiveState, File, FileState, Job, JobState,
 ACTIVE_FILE = (FileState.queued, FileState.ingesting, FileState.segmented)
 
 
+class FilesFailed(Exception):
+    """Raised at the end of an ingest or archive task whose files failed, after their rows say so and the
+    rest of the work went on: the task ends FAILURE in Flower. The message is acked, never redelivered."""
+
+    @classmethod
+    def of(cls, failures: list[tuple[str, str]], total: int) -> FilesFailed:
+        """One message naming the files as submitted (the args stay one string, so it pickles)."""
+        shown = "; ".join(f"{name}: {error}" for name, error in failures[:5])
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        return cls(f"{len(failures)} of {total} file(s) failed: {shown}{more}")
+
+
 def lock_jobs(db: Session, job_ids) -> None:
     """Take the job rows' write locks in a fixed order (a no-op UPDATE locks on PostgreSQL)."""
     for job_id in sorted(set(job_ids)):
@@ -43,7 +55,8 @@ def settle(db: Session, job_ids) -> list[str]:
         original = db.get(File, copy.duplicate_of)
         if original is not None and original.state not in ACTIVE_FILE:
             copy.state, copy.error, copy.duration_s = original.state, original.error, original.duration_s
-            copy.format, copy.sample_rate, copy.num_channels = original.format, original.sample_rate, original.num_channels
+            copy.format, copy.sample_rate = original.format, original.sample_rate
+            copy.num_channels = original.num_channels
     ended = []
     for job in db.scalars(select(Job).where(Job.id.in_(job_ids))):
         if recount(db, job):
@@ -57,23 +70,28 @@ def recount(db: Session, job: Job) -> bool:
             func.count(),
             func.sum(case((File.state == FileState.done, 1), else_=0)),
             func.sum(case((File.state.in_((FileState.failed, FileState.cancelled)), 1), else_=0)),
+            func.sum(case((File.state == FileState.skipped, 1), else_=0)),
             func.coalesce(func.sum(File.duration_s), 0.0),
             func.coalesce(func.sum(case((File.state == FileState.done, File.duration_s), else_=0.0)), 0.0),
         ).where(File.job_id == job.id)
     ).one()
-    total, done, failed, seconds, seconds_done = row
+    total, done, failed, skipped, seconds, seconds_done = row
     job.files_total, job.files_done, job.files_failed = total, done or 0, failed or 0
+    job.files_skipped = skipped or 0
     job.audio_seconds_total, job.audio_seconds_done = float(seconds), float(seconds_done)
     expanding = db.scalar(select(func.count()).where(
         Archive.job_id == job.id, Archive.state.in_((ArchiveState.queued, ArchiveState.expanding))))
     if expanding:
         return False
-    if job.state in (JobState.queued, JobState.running) and job.files_done + job.files_failed == total:
-        job.state = JobState.done if job.files_done or not total else JobState.failed
+    ended = job.files_done + job.files_failed + job.files_skipped == total
+    if job.state in (JobState.queued, JobState.running) and ended:
+        audio_files = total - job.files_skipped
+        job.state = JobState.done if job.files_done or not audio_files else JobState.failed
         if job.state == JobState.failed:
             job.error = job.error or "every file failed; see the files' errors"
-        elif not total:
-            job.error = job.error or "the job holds no audio files"
+        elif not audio_files:
+            skipped_note = f" ({job.files_skipped} skipped as not audio)" if job.files_skipped else ""
+            job.error = job.error or f"the job holds no audio files{skipped_note}"
         job.finished_at = utcnow()
         return True
     return False

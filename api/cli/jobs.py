@@ -1,7 +1,9 @@
-"""Job commands: submit, status, results."""
+"""Job commands: submit, status, results; their exit codes say how the job ended."""
 
 from __future__ import annotations
 
+import enum
+import json
 import sys
 import time
 from pathlib import Path
@@ -9,10 +11,63 @@ from typing import Annotated, Optional
 
 import httpx
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from api.cli.app import ApiOpt, api_url, app, console
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0  # the job is done (every file processed or skipped), or still queued or running
+    API_ERROR = 1  # the API could not be reached, or it answered with an error
+    # 2: Typer's, for a wrong command line or a job the API refused
+    NOT_FOUND = 3
+    FAILED = 4  # every file failed
+    PARTLY_FAILED = 5  # done, but some files failed
+    CANCELLED = 6
+    TIMEOUT = 7  # still running when the wait ended
+
+
+EXIT_CODES = ("Exit codes: 0 done, or still running; 1 API unreachable or in error; 2 wrong usage; 3 no such job; "
+              "4 job failed; 5 some files failed; 6 cancelled.")
+
+
+def fail(code: ExitCode, message: str) -> typer.Exit:
+    """One line on stderr, then the exit code (raise what this returns)."""
+    typer.echo(f"speechq: {message}", err=True)
+    return typer.Exit(code=int(code))
+
+
+def outcome(st: dict) -> tuple[ExitCode, str]:
+    """The exit code for a job's status, and the line that explains it."""
+    job = f"job {st['id']}"
+    if st["state"] == "failed":
+        return ExitCode.FAILED, f"{job} failed: " + (st.get("error") or "see the files' errors")
+    if st["state"] == "cancelled":
+        return ExitCode.CANCELLED, f"{job} was cancelled"
+    if st["state"] == "done" and st["files_failed"]:
+        return ExitCode.PARTLY_FAILED, f"{job}: {st['files_failed']} of {st['files_total']} file(s) failed"
+    return ExitCode.OK, ""
+
+
+def finish(st: dict) -> None:
+    code, message = outcome(st)
+    if code != ExitCode.OK:
+        raise fail(code, message)
+
+
+def get_json(url: str, job_id: str, path: str = "", timeout: float = 60) -> dict:
+    """GET /v1/jobs/{id}{path}; a missing job, an unreachable API or an error answer end the command."""
+    try:
+        r = httpx.get(f"{url}/v1/jobs/{job_id}{path}", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise fail(ExitCode.API_ERROR, f"cannot reach the API at {url}: {exc}") from None
+    if r.status_code == 404:
+        raise fail(ExitCode.NOT_FOUND, f"no job {job_id}")
+    if r.status_code != 200:
+        raise fail(ExitCode.API_ERROR, f"the API answered {r.status_code}: {r.text[:300]}")
+    return r.json()
 
 
 def submit_paths(api: str, paths: list[Path], labels: str | None, language: str | None, name: str | None) -> dict:
@@ -20,6 +75,8 @@ def submit_paths(api: str, paths: list[Path], labels: str | None, language: str 
     data = {k: v for k, v in {"channel_labels": labels, "language": language, "name": name}.items() if v}
     try:
         r = httpx.post(f"{api}/v1/jobs", files=files, data=data, timeout=600)
+    except httpx.HTTPError as exc:
+        raise fail(ExitCode.API_ERROR, f"cannot reach the API at {api}: {exc}") from None
     finally:
         for _, (_, f) in files:
             f.close()
@@ -28,25 +85,94 @@ def submit_paths(api: str, paths: list[Path], labels: str | None, language: str 
     return r.json()
 
 
+def _info(st: dict) -> str:
+    skipped = f"+{st['files_skipped']} skipped" if st.get("files_skipped") else ""
+    text = (f"{st['state']}: files {st['files_done']}+{st['files_failed']} failed{skipped}/{st['files_total']}, "
+            f"audio {st['audio_done_s']:.0f}/{st['audio_total_s']:.0f} s")
+    return text + (f" ({st['warning']})" if st.get("warning") else "")
+
+
 def wait_for(api: str, job_id: str, timeout: float | None = None) -> dict:
     deadline = time.monotonic() + timeout if timeout else None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task(f"job {job_id[:8]}", total=None, info="")
         while True:
-            st = httpx.get(f"{api}/v1/jobs/{job_id}", timeout=30).json()
-            total = max(st["audio_seconds_total"], 0.001)
-            bar.update(task, total=total if st["files_total"] else None, completed=st["audio_seconds_done"],
-                       info=f"{st['state']}: files {st['files_done']}+{st['files_failed']} failed"
-                            f"/{st['files_total']}, audio {st['audio_seconds_done']:.0f}/{st['audio_seconds_total']:.0f} s")
+            st = get_json(api, job_id, timeout=30)
+            total = max(st["audio_total_s"], 0.001)
+            bar.update(task, total=total if st["files_total"] else None, completed=st["audio_done_s"],
+                       info=escape(_info(st)))
             if st["state"] in ("done", "failed", "cancelled"):
                 return st
             if deadline and time.monotonic() > deadline:
-                raise typer.Exit(code=2)
+                raise fail(ExitCode.TIMEOUT, f"job {job_id} still {st['state']} after {timeout:.0f} s")
             time.sleep(1)
 
 
-@app.command()
+def clock(seconds: float) -> str:
+    """A time into the call as m:ss.s (h:mm:ss.s past an hour), as audio players show it."""
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{secs:04.1f}" if hours else f"{minutes}:{secs:04.1f}"
+
+
+def conversation(f: dict) -> list[tuple[str, dict]]:
+    """Every channel's turns in time order: (speaker, segment)."""
+    turns = [(c["label"], c["index"], s) for c in f["channels"] for s in c["segments"]]
+    turns.sort(key=lambda t: (t[2]["start_s"], t[1]))
+    return [(label, s) for label, _, s in turns]
+
+
+def turns_table(turns: list[tuple[str, dict]]) -> Table:
+    """A call as a conversation; it fits the terminal: short columns cut with …, the text wraps in its column."""
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for name in ("start", "end", "speaker", "language", "emotion", "event"):
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("text", overflow="fold", min_width=16, ratio=1)
+    for speaker, s in turns:
+        table.add_row(clock(s["start_s"]), clock(s["end_s"]), escape(speaker), s["language"] or "-",
+                      s["emotion2vec_label"] or "-", s["event"] or "-", escape(s["text"] or ""))
+    return table
+
+
+def _file_line(f: dict) -> str:
+    line = f"[bold]{escape(f['name'])}[/] {f['state']}"
+    if f.get("skipped_reason"):
+        line += f": {escape(f['skipped_reason'])}"
+    if f["error"]:
+        line += f": {escape(f['error'])}"
+    if f["duplicate_of"]:
+        line += f" (same audio as {escape(f['duplicate_of'])})"
+    if f["format"]:
+        line += f" ({escape(f['format'])}, {f['sample_rate']} Hz, {f['num_channels']} ch, {f['duration_s']:.1f} s)"
+    return line
+
+
+def show_results(url: str, job_id: str, status: dict | None = None, limit: int | None = 20) -> dict:
+    """The job's summary and, per file, its turns as a conversation (the first `limit` of each)."""
+    res = get_json(url, job_id, "/results")
+    st = status or res["job"]
+    console.print(f"job {job_id}: [bold]{st['state']}[/], files {st['files_done']} done, "
+                  f"{st['files_failed']} failed, {st.get('files_skipped', 0)} skipped of {st['files_total']}, "
+                  f"{st['audio_total_s']:.1f} s of audio")
+    for warning in (res.get("warning"), st.get("warning")):
+        if warning:
+            console.print(f"[bold red]{escape(warning)}[/]")
+    for m in res["models"]:
+        console.print(f"  model {escape(m['name'])} sha256 {m['sha256'][:12]}…"
+                      + ("  [red](RANDOM weights)[/]" if m["random_weights"] else ""))
+    for f in res["files"]:
+        console.print(_file_line(f))
+        turns = conversation(f)
+        if turns:
+            console.print(turns_table(turns[:limit]))
+        if limit is not None and len(turns) > limit:
+            more = len(turns) - limit
+            console.print(f"  … {more} more turn{'s' if more > 1 else ''}: speechq results {job_id}")
+    return st
+
+
+@app.command(epilog=EXIT_CODES)
 def submit(paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Audio files or zip/tar")],
            wait: Annotated[bool, typer.Option(help="Show progress until the job ends, then a summary")] = False,
            labels: Annotated[Optional[str], typer.Option(help="Channel labels, e.g. agent,customer")] = None,
@@ -60,47 +186,27 @@ def submit(paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=Fal
     if wait:
         st = wait_for(url, job["id"])
         show_results(url, job["id"], st)
+        finish(st)
 
 
-def show_results(url: str, job_id: str, status: dict | None = None, limit: int = 8) -> None:
-    res = httpx.get(f"{url}/v1/jobs/{job_id}/results", timeout=60).json()
-    st = status or res["job"]
-    console.print(f"job {job_id}: [bold]{st['state']}[/], files {st['files_done']} done, "
-                  f"{st['files_failed']} failed of {st['files_total']}, {st['audio_seconds_total']:.1f} s of audio")
-    if res.get("warning"):
-        console.print(f"[bold red]{res['warning']}[/]")
-    for m in res["models"]:
-        console.print(f"  model {m['name']} sha256 {m['sha256'][:12]}…" + ("  [red](RANDOM weights)[/]" if m["random_weights"] else ""))
-    for f in res["files"]:
-        console.print(f"[bold]{f['name']}[/] {f['state']}" + (f" — {f['error']}" if f["error"] else "")
-                      + (f" ({f['format']}, {f['sample_rate']} Hz, {f['num_channels']} ch, {f['duration_s']:.1f} s)"
-                         if f["format"] else ""))
-        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-        for col in ("channel", "start", "end", "lang", "emotion", "event", "e2v", "text"):
-            table.add_column(col, overflow="fold", max_width=60 if col == "text" else None)
-        rows = 0
-        for c in f["channels"]:
-            for s in c["segments"][:limit]:
-                table.add_row(c["label"], f"{s['start_ms'] / 1000:.2f}", f"{s['end_ms'] / 1000:.2f}",
-                              s["language"] or "-", s["emotion"] or "-", s["event"] or "-",
-                              s["emotion2vec_label"] or "-", (s["text"] or "")[:60])
-                rows += 1
-        if rows:
-            console.print(table)
-
-
-@app.command()
+@app.command(epilog=EXIT_CODES)
 def status(job_id: str, api: ApiOpt = None) -> None:
     """Print a job's status as JSON."""
-    r = httpx.get(f"{api_url(api)}/v1/jobs/{job_id}", timeout=30)
-    console.print_json(r.text)
+    st = get_json(api_url(api), job_id, timeout=30)
+    console.print_json(data=st)
+    finish(st)
 
 
-@app.command()
-def results(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False, api: ApiOpt = None) -> None:
-    """Print a job's results (a table, or the API's JSON)."""
+@app.command(epilog=EXIT_CODES)
+def results(job_id: str, as_json: Annotated[bool, typer.Option("--json", help="The API's JSON, unchanged")] = False,
+            api: ApiOpt = None) -> None:
+    """Print a job's results: per file, the turns of all channels in time order (emotion: emotion2vec+; every
+    field, SenseVoice's emotion tag included, is in --json)."""
     url = api_url(api)
     if as_json:
-        sys.stdout.write(httpx.get(f"{url}/v1/jobs/{job_id}/results", timeout=60).text + "\n")
+        res = get_json(url, job_id, "/results")
+        sys.stdout.write(json.dumps(res, ensure_ascii=False) + "\n")
+        st = res["job"]
     else:
-        show_results(url, job_id, limit=1000)
+        st = show_results(url, job_id, limit=None)
+    finish(st)

@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 
-import httpx
-import psutil
 import pytest
 
 from shared import samples
-from tests.conftest import free_port, need_espeak
+from tests.conftest import need_espeak
+from tests.e2e.conftest import still_running
 
 pytestmark = pytest.mark.e2e
 SPEECHQ = [sys.executable, "-m", "api.cli"]
@@ -30,32 +29,24 @@ def test_submit_wait_shows_progress_and_summary(api, tmp_path):
     assert "agent" in out.stdout and "customer" in out.stdout
 
 
-def test_up_starts_embedded_stack_and_ctrl_c_stops_it(models_dir, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    port = free_port()
-    env.update(SPEECHQ_DATA_DIR=str(tmp_path), SPEECHQ_MODELS_DIR=str(models_dir), SPEECHQ_API_PORT=str(port),
-               SPEECHQ_FLOWER_PORT=str(free_port()), SPEECHQ_EMBEDDED_REDIS_PORT=str(free_port()))
-    proc = subprocess.Popen([*SPEECHQ, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        health = None
-        while time.monotonic() < deadline:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).json()
-                if health.get("status") == "ok":
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.5)
-        assert health == {"status": "ok", "database": "ok", "broker": "ok"}
-        children = psutil.Process(proc.pid).children(recursive=True)
-        names = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "valkey-server" in names and "uvicorn" in names and "flower" in names
-        assert "-Q ingest" in names and "-Q gpu" in names
-        assert (tmp_path / "speechq.db").exists(), "SQLite under the data dir by default"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+def test_up_starts_embedded_stack_and_ctrl_c_stops_it(up_env, start_up, tmp_path):
+    up = start_up(up_env)
+    health = up.health(lambda h: h.get("status") == "ok")
+    assert health["database"] == "ok" and health["broker"] == "ok" and health["reason"] is None
+    (ingest,) = health["workers"]["ingest"]
+    (gpu,) = health["workers"]["gpu"]
+    assert ingest["state"] == "ready" and ingest["models"] == []
+    assert gpu["state"] == "ready" and gpu["error"] is None
+    assert {m["name"] for m in gpu["models"]} == {"iic/SenseVoiceSmall", "iic/emotion2vec_plus_large"}
+    assert all(m["random_weights"] and len(m["sha256"]) == 64 for m in gpu["models"])
+    assert gpu["seen_at"].endswith("+00:00")
+    children = up.tree()
+    names = " ".join(" ".join(c.cmdline()) for c in children)
+    assert "valkey-server" in names and "uvicorn" in names and "flower" in names
+    assert "-Q ingest" in names and "-Q gpu" in names
+    assert (tmp_path / "data" / "speechq.db").exists(), "SQLite under the data dir by default"
+    assert f"data folder: {tmp_path / 'data'}" in up.output()
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=60) == 0
     time.sleep(1)
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not still_running(children)

@@ -60,3 +60,35 @@ def test_video_files(api, tmp_path):
     job = api.submit([silent_video])
     st = api.wait(job["id"])
     assert st["state"] == "failed" and "no audio stream" in st["errors"][0]["error"]
+
+
+def test_errors_name_the_file_as_submitted(api, tmp_path):
+    """No server path in any error (ffmpeg and libsndfile name the spool file they read): uploads, archive members
+    and server-side imports alike; a text file is called text, not video."""
+    notes = tmp_path / "call-0002.wav"
+    notes.write_text("Call 0002, agent Smith, customer 4711, duration 00:05:12, outcome resolved\n" * 40)
+    garbage = tmp_path / "garbage.mp3"
+    garbage.write_bytes(np.random.default_rng(8).bytes(6000))
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(_wav_bytes(np.zeros(8000), 8000)[:30])
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("day3/garbage.m4a", np.random.default_rng(9).bytes(6000))
+        zf.write(truncated, "day3/truncated.wav")
+    (tmp_path / "day3.zip").write_bytes(buf.getvalue())
+    uploaded = api.submit([notes, garbage, truncated, tmp_path / "day3.zip"])
+    (api.imports / "imported.ogg").write_bytes(np.random.default_rng(10).bytes(6000))
+    r = api.http.post("/v1/jobs/paths", json={"paths": ["imported.ogg"]})
+    assert r.status_code == 201, r.text
+    server_paths = (str(api.stack.settings.data_dir.resolve()), str(api.stack.settings.spool), str(api.imports))
+    errors = {}
+    for job_id in (uploaded["id"], r.json()["id"]):
+        assert api.wait(job_id)["state"] == "failed"
+        for text in (api.http.get(f"/v1/jobs/{job_id}").text, api.http.get(f"/v1/jobs/{job_id}/results").text):
+            assert not [p for p in server_paths if p in text], text
+        errors.update({e["name"]: e["error"] for e in api.http.get(f"/v1/jobs/{job_id}").json()["errors"]})
+    assert set(errors) == {"call-0002.wav", "garbage.mp3", "truncated.wav", "day3.zip/day3/garbage.m4a",
+                           "day3.zip/day3/truncated.wav", "imported.ogg"}
+    assert errors["call-0002.wav"] == "a text file, not audio"
+    assert all(e.startswith(("not a readable audio file", "decode failed")) for n, e in errors.items()
+               if n != "call-0002.wav"), errors

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
 import zipfile
+from datetime import timedelta
 
 import numpy as np
 import pytest
+import redis
 from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
 
 from shared import samples
-from shared.schema import Result, Segment
+from shared.schema import File, Job, Result, Segment, utcnow
 from tests.conftest import need_espeak, shared_audio
 
 pytestmark = pytest.mark.e2e
@@ -30,15 +35,23 @@ def _check_complete(api, job_id: str) -> dict:
     assert res["warning"] and "RANDOM" in res["warning"]
     assert res["job"]["random_weights"] is True
     assert {m["name"] for m in res["models"]} == {"iic/SenseVoiceSmall", "iic/emotion2vec_plus_large"}
+    for key in ("created_at", "started_at", "finished_at"):  # UTC, said so, on SQLite and PostgreSQL alike
+        assert res["job"][key].endswith("Z"), res["job"][key]
+    ids = set()
     for f in res["files"]:
-        if f["state"] != "done":
+        if f["state"] != "done" or f["duplicate_of"]:
             continue
         for c in f["channels"]:
             for s in c["segments"]:
                 assert s["state"] == "done"
                 assert isinstance(s["text"], str)
+                assert 0 <= s["start_s"] < s["end_s"] <= c["duration_s"] + 0.01
+                assert "<unk>" not in s["emotion2vec_scores"] and len(s["emotion2vec_scores"]) == 9
                 assert s["emotion2vec_label"] in s["emotion2vec_scores"]
                 assert abs(sum(s["emotion2vec_scores"].values()) - 1.0) < 1e-3
+                ids.add(s["id"])
+    assert ids == {s["id"] for f in api.results(job_id)["files"] if f["state"] == "done" and not f["duplicate_of"]
+                   for c in f["channels"] for s in c["segments"]}, "segment ids are stable"
     segs, results = _rows(api.database_url, job_id)
     assert segs == results > 0, "every segment has exactly one result row"
     return res
@@ -46,7 +59,23 @@ def _check_complete(api, job_id: str) -> dict:
 
 def test_health(api):
     r = api.http.get("/v1/health")
-    assert r.status_code == 200 and r.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert r.status_code == 200 and (r.json()["database"], r.json()["broker"]) == ("ok", "ok")
+
+
+def test_new_job_is_flagged_random_before_its_first_result(api, tmp_path):
+    """The live GPU workers' heartbeats say their models are random: a job says so from the moment it exists."""
+    from shared import heartbeat
+
+    deadline = time.monotonic() + 180
+    while not any(w["role"] == "gpu" and w["state"] == "ready" and w["models"]
+                  for w in heartbeat.alive(api.stack.settings)):
+        assert time.monotonic() < deadline, f"no ready GPU worker: {heartbeat.alive(api.stack.settings)}"
+        time.sleep(0.5)
+    silent = samples.write(tmp_path / "silent.wav", np.zeros((1, 8000), dtype=np.float32), 8000)
+    job = api.submit([silent])
+    assert job["state"] in ("queued", "running") and job["random_weights"] is True and job["warning"] is None, job
+    st = api.wait(job["id"])
+    assert st["state"] == "done" and st["random_weights"] is False, "no result came from any model"
 
 
 def test_stereo_call_one_speaker_per_channel(api, tmp_path):
@@ -55,7 +84,7 @@ def test_stereo_call_one_speaker_per_channel(api, tmp_path):
     job = api.submit([call], channel_labels="agent,customer")
     st = api.wait(job["id"])
     assert st["state"] == "done" and st["files_done"] == 1 and st["files_failed"] == 0
-    assert st["audio_seconds_done"] == pytest.approx(st["audio_seconds_total"]) and st["audio_seconds_total"] > 15
+    assert st["audio_done_s"] == pytest.approx(st["audio_total_s"]) and st["audio_total_s"] > 15
     res = _check_complete(api, job["id"])
     (f,) = res["files"]
     assert f["num_channels"] == 2 and f["sample_rate"] == 8000 and "pcm_mulaw" in f["format"]
@@ -63,8 +92,8 @@ def test_stereo_call_one_speaker_per_channel(api, tmp_path):
     assert (agent["label"], customer["label"]) == ("agent", "customer")
     # The synthetic call has 3 agent turns (left) and 2 customer turns (right), never overlapping.
     assert len(agent["segments"]) == 3 and len(customer["segments"]) == 2
-    spans = sorted([(s["start_ms"], s["end_ms"], "a") for s in agent["segments"]]
-                   + [(s["start_ms"], s["end_ms"], "c") for s in customer["segments"]])
+    spans = sorted([(s["start_s"], s["end_s"], "a") for s in agent["segments"]]
+                   + [(s["start_s"], s["end_s"], "c") for s in customer["segments"]])
     assert [who for *_, who in spans] == ["a", "c", "a", "c", "a"]
 
 
@@ -90,19 +119,29 @@ def test_zip_of_calls_with_bad_members(api, tmp_path):
         zf.writestr("day1/empty.wav", b"")
         zf.writestr("day1/garbage.wav", np.random.default_rng(0).bytes(5000))
         zf.writestr("../escape.wav", good[0].read_bytes())
+        zf.writestr("day1/notes.txt", "Call 0001, agent Smith, customer 4711, resolved\n" * 40)
+        zf.writestr("day1/index.csv", "file,agent\nc0.wav,Smith\n")
     archive = tmp_path / "calls.zip"
     archive.write_bytes(buf.getvalue())
     job = api.submit([archive])
+    assert job["created_at"].endswith("Z")
     st = api.wait(job["id"])
     assert st["state"] == "done"
-    assert st["files_total"] == 7 and st["files_done"] == 4 and st["files_failed"] == 3
+    assert st["files_total"] == 9 and st["files_done"] == 4 and st["files_failed"] == 3 and st["files_skipped"] == 2
     errors = {e["name"]: e["error"] for e in st["errors"]}
     assert "empty" in errors["calls.zip/day1/empty.wav"]
     assert "not a readable audio file" in errors["calls.zip/day1/garbage.wav"]
     assert "unsafe member path" in errors["calls.zip/../escape.wav"]
     assert errors["calls.zip/day1/silent.wav"] == "no speech detected in any channel"
+    assert {s["name"]: s["reason"] for s in st["skipped"]} == {
+        "calls.zip/day1/notes.txt": "sidecar file (.txt), not audio",
+        "calls.zip/day1/index.csv": "sidecar file (.csv), not audio"}
     res = _check_complete(api, job["id"])
     by_name = {f["name"]: f for f in res["files"]}
+    assert by_name["calls.zip/day1/notes.txt"]["state"] == "skipped"
+    spool = str(api.stack.settings.spool)
+    assert spool not in api.http.get(f"/v1/jobs/{job['id']}").text
+    assert spool not in api.http.get(f"/v1/jobs/{job['id']}/results").text
     for p in good:
         f = by_name[f"calls.zip/day1/{p.name}"]
         assert f["state"] == "done" and f["channels"][0]["segments"], f
@@ -136,7 +175,7 @@ def test_vad_example_segments_in_pipeline(api):
     job = api.submit([path])
     assert api.wait(job["id"])["state"] == "done"
     (f,) = api.results(job["id"])["files"]
-    got = [[s["start_ms"], s["end_ms"]] for s in f["channels"][0]["segments"]]
+    got = [[round(s["start_s"] * 1000), round(s["end_s"] * 1000)] for s in f["channels"][0]["segments"]]
     assert got == [[70, 2340], [2620, 6200], [6480, 23670], [23950, 26250], [26780, 28990], [29950, 31430],
                    [31750, 37600], [38210, 46900], [47310, 49630], [49910, 56460], [56740, 59540],
                    [59820, 70450]]
@@ -181,7 +220,92 @@ def test_duplicates_processed_once_and_nested_archives(api, tmp_path):
     assert again["duplicate_of"] == "outer.zip/monday/a.wav"
     assert again["channels"] == first["channels"] and first["channels"][0]["segments"]
     segs, _ = _rows(api.database_url, job["id"])
-    assert segs == len(first["channels"][0]["segments"]) + len(files["outer.zip/inner.zip/b.wav"]["channels"][0]["segments"])
+    inner = files["outer.zip/inner.zip/b.wav"]
+    assert segs == len(first["channels"][0]["segments"]) + len(inner["channels"][0]["segments"])
     assert files["outer.zip/inner.zip/b.wav"]["state"] == "done"
     deep = files["outer.zip/nest.zip/level2.zip/level3.zip"]
     assert deep["state"] == "failed" and "nested deeper than 2" in deep["error"]
+
+
+class Events:
+    """Celery's monitoring events as Flower receives them, captured on the test broker."""
+
+    def __init__(self, broker: str):
+        from celery import Celery
+
+        self.app = Celery(broker=broker)
+        self.seen: list[dict] = []
+        self.connection = self.app.connection()
+        self.receiver = self.app.events.Receiver(self.connection, handlers={"*": self.seen.append})
+        self.thread = threading.Thread(target=self.receiver.capture, kwargs={"limit": None, "wakeup": True},
+                                       daemon=True)
+
+    def __enter__(self) -> Events:
+        self.thread.start()
+        self.wait(lambda: any(e["type"] == "worker-heartbeat" for e in self.seen), "a worker heartbeat")
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.receiver.should_stop = True
+        self.thread.join(timeout=10)
+        self.connection.release()
+
+    def wait(self, ready, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert time.monotonic() < deadline, f"no {what} in {len(self.seen)} events"
+            time.sleep(0.2)
+
+    def of(self, uuid: str) -> list[str]:
+        return [e["type"] for e in self.seen if e.get("uuid") == uuid]
+
+
+def _lost_file(api, path) -> str:
+    """A queued file whose message never reached the broker: only the reconciler will send it."""
+    engine = create_engine(api.database_url)
+    with Session(engine) as db:
+        job = Job(name="lost", files_total=1)
+        db.add(job)
+        db.flush()
+        db.add(File(job_id=job.id, name="lost/garbage.wav", path=str(path), size_bytes=path.stat().st_size,
+                    updated_at=utcnow() - timedelta(hours=1)))
+        db.commit()
+        job_id = job.id
+    engine.dispose()
+    return job_id
+
+
+def test_failed_files_end_their_tasks_failed_in_flower(api, tmp_path):
+    """Flower counts what the events say: a task whose files failed ends FAILURE, its arguments name the job and
+    the files, and its message is acked, not redelivered. The reconciler (every 5 s here) sends no events."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../escape.wav", b"RIFF")
+        zf.writestr("day2/garbage.wav", np.random.default_rng(3).bytes(5000))
+        zf.writestr("day2/notes.txt", "agent Smith\n")
+    (tmp_path / "day2.zip").write_bytes(buf.getvalue())
+    (tmp_path / "lost.wav").write_bytes(np.random.default_rng(4).bytes(5000))
+    with Events(api.stack.settings.broker) as events:
+        job = api.submit([tmp_path / "day2.zip"])
+        lost = _lost_file(api, tmp_path / "lost.wav")
+        st = api.wait(job["id"])
+        assert st["state"] == "failed" and (st["files_failed"], st["files_skipped"]) == (2, 1)
+        assert api.wait(lost)["state"] == "failed", "the reconciler sent the lost file"
+        received = {(e["name"], e["args"]): e for e in events.seen if e["type"] == "task-received"}
+        expand = received["workers.archives.expand_archive", f"job {job['id']}: day2.zip"]
+        ingest = received["workers.ingest.ingest_files", f"job {job['id']}: day2.zip/day2/garbage.wav"]
+        resent = received["workers.ingest.ingest_files", f"job {lost}: lost/garbage.wav"]
+        for task in (expand, ingest, resent):
+            events.wait(lambda: "task-failed" in events.of(task["uuid"]), f"task-failed for {task['name']}")
+    failed = {e["uuid"]: e["exception"] for e in events.seen if e["type"] == "task-failed"}
+    assert "1 of 3 file(s) failed: day2.zip/../escape.wav: unsafe member path" in failed[expand["uuid"]]
+    assert "1 of 1 file(s) failed: day2.zip/day2/garbage.wav: not a readable" in failed[ingest["uuid"]]
+    assert "1 of 1 file(s) failed: lost/garbage.wav: not a readable" in failed[resent["uuid"]]
+    for task in (expand, ingest, resent):
+        assert events.of(task["uuid"]).count("task-received") == 1 and "task-succeeded" not in events.of(task["uuid"])
+    client = redis.Redis.from_url(api.stack.settings.broker)
+    waiting = b"".join(client.hvals("unacked")) + b"".join(client.lrange("ingest", 0, -1))
+    assert not [t for t in (expand, ingest, resent) if t["uuid"].encode() in waiting], "acked, not redelivered"
+    quiet = [e for e in events.seen if e.get("name") == "workers.reconcile.reconcile"
+             or e["type"] == "task-succeeded" and "'packed'" in e.get("result", "")]  # what reconcile returns
+    assert not quiet, "housekeeping stays out of Flower"

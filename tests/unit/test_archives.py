@@ -70,3 +70,79 @@ def test_encrypted_zip_member_is_rejected(tmp_path):
     path.write_bytes(bytes(raw))
     ((name, opener),) = list(members(path))
     assert isinstance(opener, MemberRejected) and "encrypted" in str(opener)
+
+
+@pytest.fixture
+def database(tmp_path, monkeypatch):
+    from shared.config import get_settings
+    from shared.db import migrate
+
+    monkeypatch.setenv("SPEECHQ_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    migrate()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_sidecars_are_skipped_and_failures_end_the_task_failed(database, tmp_path):
+    from unittest import mock
+
+    from shared.db import session_scope
+    from shared.schema import Archive, File, Job
+    from workers import archives, ingest, progress
+
+    path = tmp_path / "upload.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("day1/call.wav", b"RIFF" + b"\0" * 100)
+        zf.writestr("day1/notes.txt", "agent Smith, customer 4711")
+        zf.writestr("day1/index.CSV", "file,agent\ncall.wav,Smith\n")
+        zf.writestr("__MACOSX/day1/._call.wav", b"\0\5\26\7")
+        zf.writestr("../escape.wav", b"RIFF")
+    with session_scope() as db:
+        job = Job()
+        db.add(job)
+        db.flush()
+        archive = Archive(job_id=job.id, name="calls.zip", path=str(path), size_bytes=path.stat().st_size)
+        db.add(archive)
+        db.flush()
+        job_id, archive_id = job.id, archive.id
+    with mock.patch.object(ingest, "enqueue") as queued, pytest.raises(progress.FilesFailed) as failed:
+        archives.expand_archive(archive_id)
+    assert str(failed.value) == ("1 of 5 file(s) failed: calls.zip/../escape.wav: "
+                                 "unsafe member path '../escape.wav' (absolute or '..')")
+    (refs,), _ = queued.call_args
+    assert [(r.job_id, r.name) for r in refs] == [(job_id, "calls.zip/day1/call.wav")]
+    with session_scope() as db:
+        files = {f.name: (f.state.value, f.error) for f in db.query(File).filter(File.job_id == job_id)}
+        job = db.get(Job, job_id)
+        assert (job.files_total, job.files_failed, job.files_skipped) == (5, 1, 3)
+    assert files["calls.zip/day1/notes.txt"] == ("skipped", "sidecar file (.txt), not audio")
+    assert files["calls.zip/day1/index.CSV"] == ("skipped", "sidecar file (.csv), not audio")
+    assert files["calls.zip/__MACOSX/day1/._call.wav"] == ("skipped", "macOS metadata (resource fork), not audio")
+    assert files["calls.zip/day1/call.wav"] == ("queued", None)
+
+
+def test_unreadable_archive_names_the_upload_not_the_spool(database):
+    from unittest import mock
+
+    from shared.db import session_scope
+    from shared.schema import Archive, Job
+    from workers import archives, ingest, progress
+
+    spool = database.spool
+    missing = spool / "uploads" / "job" / "0123-calls.zip"  # gone from the spool
+    with session_scope() as db:
+        job = Job()
+        db.add(job)
+        db.flush()
+        archive = Archive(job_id=job.id, name="calls.zip", path=str(missing), size_bytes=10)
+        db.add(archive)
+        db.flush()
+        archive_id = archive.id
+    with mock.patch.object(ingest, "enqueue"), pytest.raises(progress.FilesFailed) as failed:
+        archives.expand_archive(archive_id)
+    with session_scope() as db:
+        error = db.get(Archive, archive_id).error
+    assert error.startswith("archive unreadable") and "calls.zip" in error
+    assert str(spool) not in error and str(spool) not in str(failed.value)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shared import samples
-from shared.audio import AudioError, decode, probe, stream
+from shared.audio import AudioError, decode, probe, sidecar, stream
 
 # (file name, ffmpeg encoder, sample rate, channels, reader expected)
 FORMATS = [
@@ -94,3 +94,44 @@ def test_video_with_audio_track(tmp_path):
     info = probe(out)
     assert info.reader == "ffmpeg" and info.channels == 1
     assert decode(out, info).shape[0] == 1
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "calls.csv", "meta.json"])
+def test_text_is_not_called_video(tmp_path, name):
+    """ffmpeg reads a long .txt as ANSI art (a video stream) and a .csv not at all: both are text."""
+    path = tmp_path / name
+    path.write_text("Call 0001, agent Smith, customer 4711, duration 00:05:12, outcome resolved\n" * 40)
+    with pytest.raises(AudioError) as exc:
+        probe(path)
+    assert str(exc.value) == "a text file, not audio"
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("day1/notes.txt", "sidecar file (.txt), not audio"),
+    ("index.CSV", "sidecar file (.csv), not audio"),
+    ("meta/call-0001.json", "sidecar file (.json), not audio"),
+    ("call-0001.xml", "sidecar file (.xml), not audio"),
+    ("__MACOSX/day1/._call.wav", "macOS metadata (resource fork), not audio"),
+    ("day1/.DS_Store", "file-system metadata, not audio"),
+    ("day1\\Thumbs.db", "file-system metadata, not audio"),
+    ("day1/call.wav", None),
+    ("call.txt.wav", None),
+    ("recording", None),
+])
+def test_sidecar_names(name, reason):
+    assert sidecar(name) == reason
+
+
+def test_errors_never_name_the_server_path(tmp_path):
+    spool = tmp_path / "spool" / "uploads" / "job"
+    spool.mkdir(parents=True)
+    cases = {"garbage.wav": np.random.default_rng(2).bytes(5000),
+             "header-only.mp3": b"ID3\x04\0\0\0\0\0\x10" + b"\xff" * 40}
+    ok = samples.write(tmp_path / "ok.wav", _tone(1.0, 8000, 1), 8000).read_bytes()
+    cases["truncated.wav"] = ok[:60]
+    for name, data in cases.items():
+        path = spool / f"0a1b-{name}"
+        path.write_bytes(data)
+        with pytest.raises(AudioError) as exc:
+            decode(path, probe(path))
+        assert str(tmp_path) not in str(exc.value) and "0a1b" not in str(exc.value), str(exc.value)

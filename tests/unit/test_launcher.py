@@ -27,3 +27,39 @@ def test_prefetch_is_one_unless_asked():
     assert "--prefetch-multiplier" not in default.argv  # the app's setting: 1 (contract 3)
     (ahead,) = launcher.gpu_workers("0", prefetch=2)
     assert ahead.argv[ahead.argv.index("--prefetch-multiplier") + 1] == "2"
+
+
+def test_a_child_dies_with_its_parent_even_a_sigkilled_one(tmp_path):
+    """The supervisor's children ask for SIGKILL when it dies (PR_SET_PDEATHSIG), so none can outlive it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import functools, os, subprocess, sys, time\n"
+        "from workers.launcher import die_with_parent\n"
+        "child = subprocess.Popen(['sleep', '300'], start_new_session=True,\n"
+        "                         preexec_fn=functools.partial(die_with_parent, os.getpid()))\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(300)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert child.is_running() and child.ppid() == parent.pid
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.05)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+def test_embedded_valkey_command(tmp_path):
+    proc = launcher.valkey(6399, tmp_path / "redis")
+    assert proc.name == "valkey" and proc.argv[0].endswith("valkey-server")
+    args = " ".join(proc.argv[1:])
+    assert "--port 6399" in args and "--bind 127.0.0.1" in args and "--appendonly yes" in args
+    assert f"--dir {tmp_path / 'redis'}" in args and (tmp_path / "redis").is_dir()

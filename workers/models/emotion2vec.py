@@ -25,7 +25,9 @@ class EmotionScores:
 
 
 def _short(label: str) -> str:
-    return label.split("/")[-1]
+    """The English name of a class ("生气/angry" -> "angry"); the ninth class, "<unk>", is "unknown"."""
+    name = label.split("/")[-1]
+    return "unknown" if name == "<unk>" else name
 
 
 def _attention(attn, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

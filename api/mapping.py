@@ -1,0 +1,101 @@
+"""Rows to response bodies, in one place: seconds named `_s`, UTC timestamps, emotion2vec's class names."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from api import schemas
+from api.heartbeats import GpuWorkers
+from shared.schema import (Archive, ArchiveState, Channel, File, FileState, Job, JobState, ModelVersion, Result,
+                           Segment)
+
+RANDOM_WARNING = ("RANDOM WEIGHTS: at least one model that produced these results has random weights "
+                  "(speechq models init-random); the text and labels are not a transcript.")
+ACTIVE_JOB = (JobState.queued, JobState.running)
+# emotion2vec+'s tokenizer spells its ninth class "<unk>"; the model card calls it "unknown".
+EMOTION2VEC_NAMES = {"<unk>": "unknown"}
+
+
+def seconds(ms: int) -> float:
+    return round(ms / 1000.0, 3)
+
+
+def emotion_label(label: str | None) -> str | None:
+    return EMOTION2VEC_NAMES.get(label, label) if label is not None else None
+
+
+def emotion_scores(scores: dict[str, float] | None) -> dict[str, float] | None:
+    if scores is None:
+        return None
+    return {EMOTION2VEC_NAMES.get(k, k): v for k, v in scores.items()}
+
+
+def models(db: Session, job_id: str) -> list[ModelVersion]:
+    ids = set()
+    for asr, emo in db.execute(select(Result.asr_model_id, Result.emotion_model_id)
+                               .where(Result.job_id == job_id).distinct()):
+        ids.update(i for i in (asr, emo) if i is not None)
+    return list(db.scalars(select(ModelVersion).where(ModelVersion.id.in_(ids)))) if ids else []
+
+
+def job_status(db: Session, job: Job, workers: GpuWorkers, used: list[ModelVersion] | None = None
+               ) -> schemas.JobStatus:
+    """`used`: the models of the job's results, where the caller has them already."""
+    rows = db.execute(select(File.name, File.state, File.error).where(File.job_id == job.id, File.error.is_not(None))
+                      .order_by(File.name)).all()
+    errors = [schemas.FileError(name=n, error=e) for n, state, e in rows if state != FileState.skipped]
+    errors += [schemas.FileError(name=n, error=e) for n, e in db.execute(
+        select(Archive.name, Archive.error).where(Archive.job_id == job.id, Archive.state == ArchiveState.failed))]
+    active = job.state in ACTIVE_JOB
+    used = models(db, job.id) if used is None else used
+    return schemas.JobStatus(
+        id=job.id, name=job.name, state=job.state.value, files_total=job.files_total, files_done=job.files_done,
+        files_failed=job.files_failed, files_skipped=job.files_skipped or 0,
+        audio_total_s=round(job.audio_seconds_total, 3), audio_done_s=round(job.audio_seconds_done, 3),
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
+        errors=errors,
+        skipped=[schemas.SkippedFile(name=n, reason=e) for n, state, e in rows if state == FileState.skipped],
+        random_weights=any(m.random_weights for m in used) or (active and workers.random_weights),
+        warning=workers.warning if active else None,
+    )
+
+
+def segment_out(s: Segment) -> schemas.SegmentOut:
+    r = s.result
+    return schemas.SegmentOut(
+        id=s.id, start_s=seconds(s.start_ms), end_s=seconds(s.end_ms), state=s.state.value,
+        text=r.text if r else None, language=r.language if r else None, emotion=r.emotion if r else None,
+        event=r.event if r else None, emotion2vec_label=emotion_label(r.emotion2vec_label) if r else None,
+        emotion2vec_scores=emotion_scores(r.emotion2vec_scores) if r else None)
+
+
+def channel_out(c: Channel) -> schemas.ChannelOut:
+    return schemas.ChannelOut(index=c.index, label=c.label, duration_s=round(c.duration_s, 3),
+                              speech_s=round(c.speech_s, 3), segments=[segment_out(s) for s in c.segments])
+
+
+def file_out(f: File, channels: list[schemas.ChannelOut], duplicate_of: str | None = None) -> schemas.FileOut:
+    skipped = f.state == FileState.skipped
+    return schemas.FileOut(
+        id=f.id, name=f.name, state=f.state.value, error=None if skipped else f.error,
+        skipped_reason=f.error if skipped else None, format=f.format, sample_rate=f.sample_rate,
+        num_channels=f.num_channels, duration_s=round(f.duration_s, 3) if f.duration_s is not None else None,
+        sha256=f.sha256, duplicate_of=duplicate_of, channels=channels)
+
+
+def job_results(db: Session, job: Job, workers: GpuWorkers) -> schemas.JobResults:
+    files = db.scalars(
+        select(File).where(File.job_id == job.id).order_by(File.name)
+        .options(selectinload(File.channels).selectinload(Channel.segments).selectinload(Segment.result))
+    ).all()
+    names = {f.id: f.name for f in files}
+    channels = {f.id: [channel_out(c) for c in f.channels] for f in files if not f.duplicate_of}
+    # A duplicate shows its original's channels: the same audio was processed once.
+    out = [file_out(f, channels.get(f.duplicate_of or f.id, []), names.get(f.duplicate_of)) for f in files]
+    used = models(db, job.id)
+    status = job_status(db, job, workers, used)
+    return schemas.JobResults(
+        job=status, files=out, warning=RANDOM_WARNING if status.random_weights else None,
+        models=[schemas.ModelInfo(name=m.name, revision=m.revision, sha256=m.sha256,
+                                  random_weights=m.random_weights) for m in used])
