@@ -97,5 +97,4 @@ def job_results(db: Session, job: Job, workers: GpuWorkers) -> schemas.JobResult
     status = job_status(db, job, workers, used)
     return schemas.JobResults(
         job=status, files=out, warning=RANDOM_WARNING if status.random_weights else None,
-        models=[schemas.ModelInfo(name=m.name, revision=m.revision, sha256=m.sha256,
-                                  random_weights=m.random_weights) for m in used])
+        models=[schemas.ModelInfo.model_validate(m, from_attributes=True) for m in used])

@@ -194,12 +194,12 @@ def database_reachable(settings: Settings) -> Check:
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
 
-    from shared.db import engine_for
+    from shared.db import database_for
     from shared.models.registry import one_line
 
     shown = make_url(settings.database).render_as_string(hide_password=True)
     try:
-        with engine_for(settings.database).connect() as conn:
+        with database_for(settings.database).connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001
         return Check("database", False, f"DATABASE_URL {shown} is unreachable ({one_line(exc)})",

@@ -26,7 +26,8 @@ import httpx
 from shared import broker, heartbeat
 from shared.config import Settings
 from shared.db import migrate
-from workers import launcher
+from api import launcher
+from shared.orphans import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Stack:
             out.flush()
             proc = subprocess.Popen(spec.argv, env={**os.environ, **self.env, **spec.env}, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=functools.partial(launcher.die_with_parent, os.getpid()))
+                                    preexec_fn=functools.partial(die_with_parent, os.getpid()))
         child = self.children.get(spec.name)
         if child is None:
             child = self.children[spec.name] = Child(spec, proc, path)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from shared.audio import sidecar
+from shared import progress, tasks
+from shared.formats import is_archive, sidecar
 from shared.config import Settings
 from shared.models.tokens import LANGUAGES
 from shared.schema import Archive, File, FileState, Job
@@ -29,7 +30,6 @@ class Incoming:
 
 
 def _is_archive(item: Incoming) -> bool:
-    from workers.archives import is_archive
 
     with open(item.path, "rb") as f:
         head = f.read(512)
@@ -69,19 +69,15 @@ def create_job(db: Session, settings: Settings, items: list[Incoming], *, name: 
     db.flush()
     job.files_total = len(files) + (job.files_skipped or 0)
     if not files and not archives:
-        from workers.progress import recount
-
-        recount(db, job)  # nothing to process: the job ends now
+        progress.recount(db, job)  # nothing to process: the job ends now
     return job, files, archives
 
 
 def enqueue(files: list[File], archives: list[Archive]) -> None:
     """After the commit: the rows exist before any worker can see a message about them."""
-    from workers import archives as expansion, ingest
-
     for a in archives:
-        expansion.enqueue(a.id, a.job_id, a.name)
-    ingest.enqueue([ingest.FileRef(f.id, f.job_id, f.name) for f in files])
+        tasks.send_archive(a.id, a.job_id, a.name)
+    tasks.send_files([tasks.FileRef(f.id, f.job_id, f.name) for f in files])
 
 
 def resolve_server_path(settings: Settings, raw: str) -> Path:

@@ -19,9 +19,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import Record, save, table, utterances
-from shared.batching import Item, pack
+from workers.ingest.lengths import Item, by_length
 from shared.models import random_init, registry
-from workers.engine import optimise_emotion2vec, optimise_sensevoice
+from workers.gpu.engine import optimise_emotion2vec, optimise_sensevoice
 from workers.models.emotion2vec import Emotion2vec
 from workers.models.sensevoice import SenseVoice
 from workers.runtime.options import Options
@@ -58,7 +58,7 @@ def emotion2vec(am, device, options: Options) -> Emotion2vec:
 
 def batches(wavs: list[np.ndarray], budget_s: float) -> list[list[int]]:
     items = [Item(str(i), len(w) / 16000) for i, w in enumerate(wavs)]
-    packed, _ = pack(items, budget_s, max_items=1024, flush=True)
+    packed, _ = by_length(items, budget_s, max_items=1024, flush=True)
     return [[int(it.id) for it in b] for b in packed]
 
 
@@ -70,7 +70,7 @@ def vad_cut(calls: Path | None, vad_dir: Path, minutes: float = 0.0) -> list[np.
     import soundfile as sf
     import soxr
 
-    from shared.vad import segments
+    from workers.ingest.vad import segments
 
     out = []
     for path in sorted(p for p in calls.iterdir() if p.suffix in (".wav", ".flac")):
@@ -307,7 +307,7 @@ def main() -> None:
         finish(bench, fid, args)
         return
     from shared.config import Settings
-    from workers.engine import Engine
+    from workers.gpu.engine import Engine
 
     t0 = time.perf_counter()
     engine = Engine(Options.from_settings(Settings(batch_seconds=args.batch_seconds), dev), dirs["sensevoice"],
@@ -322,7 +322,7 @@ def main() -> None:
     run_both()
     bench.measure("speechq both models on every segment (the GPU worker's engine)",
                   "SenseVoiceSmall + emotion2vec+ large (16+8)", wavs, run_both, sv_flops + e_flops["e2v-16+8"],
-                  notes="workers.engine.Engine with the default options (packed, compiled layers, CUDA graphs); "
+                  notes="workers.gpu.engine.Engine with the default options (packed, compiled layers, CUDA graphs); "
                         "audio staged once for both models", repeat=2)
     finish(bench, fid, args)
 

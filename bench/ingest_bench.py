@@ -53,7 +53,7 @@ def child(path: str, precision: str, automodel: bool) -> None:
     channels through the batched VAD); prints JSON timings."""
     from types import SimpleNamespace
 
-    from shared import vad
+    from workers.ingest import vad
     from shared.config import Settings
     from shared.storage import Spool, read_raw
     from workers.ingest import check, decode_to_spool
@@ -133,7 +133,7 @@ def main() -> None:
     if args.child:
         child(args.child, args.precision, args.automodel)
         return
-    from shared.vad import resolve_precision
+    from workers.ingest.vad import resolve_precision
 
     precision = resolve_precision(args.precision)
     work = Path(tempfile.mkdtemp(prefix="speechq-ingest-bench-"))

@@ -30,7 +30,7 @@ LINE = re.compile(r"batch \w+: (\d+) segments, ([\d.]+) s audio; claim ([\d.]+) 
 
 
 def fill(batches: int, batch_seconds: float, seed: int = 3) -> tuple[list[str], float]:
-    from shared.batching import Item, pack
+    from workers.ingest.lengths import Item, by_length
     from shared.config import get_settings
     from shared.db import session_scope
     from shared.schema import Batch, Channel, File, FileState, Job, JobState, Segment, SegmentState
@@ -38,7 +38,7 @@ def fill(batches: int, batch_seconds: float, seed: int = 3) -> tuple[list[str], 
 
     spool = Spool(get_settings().spool)
     wavs = utterances(int(batches * batch_seconds / 9) + 8, seed=seed)
-    groups, _ = pack([Item(str(i), len(w) / 16000) for i, w in enumerate(wavs)], batch_seconds, flush=True)
+    groups, _ = by_length([Item(str(i), len(w) / 16000) for i, w in enumerate(wavs)], batch_seconds, flush=True)
     groups = groups[:batches]
     ids, total = [], 0.0
     with session_scope() as db:
@@ -92,9 +92,10 @@ def main() -> None:
                       SPEECHQ_SENSEVOICE_MODEL_DIR=str(dirs["sensevoice"]),
                       SPEECHQ_EMOTION2VEC_MODEL_DIR=str(dirs["e2v-16+8"]),
                       SPEECHQ_COMPILE=args.compile, SPEECHQ_BATCH_SECONDS=str(args.batch_seconds))
+    from shared import tasks
     from shared.db import migrate, session_scope
     from shared.schema import Batch, BatchState
-    from workers import launcher
+    from api import launcher
 
     migrate()
     ids, audio = fill(args.batches, args.batch_seconds)
@@ -107,11 +108,10 @@ def main() -> None:
         while "models ready" not in log_path.read_text():
             assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(1)
-        from workers.gpu import run_batch
 
         start = time.perf_counter()
         for batch_id in ids:
-            run_batch.apply_async((batch_id,), queue="gpu")
+            tasks.send_batch(batch_id)
         while True:
             with session_scope() as db:
                 done = db.query(Batch).filter(Batch.id.in_(ids), Batch.state == BatchState.done).count()

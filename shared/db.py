@@ -1,4 +1,5 @@
-"""Engine, sessions and migrations for SQLite (default) and PostgreSQL."""
+"""Connections, sessions and migrations for SQLite (default) and PostgreSQL. ("Engine" in speechq
+means the GPU engine, workers.gpu.engine; SQLAlchemy's engines are called databases here.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def connect(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -42,13 +43,13 @@ def make_engine(url: str) -> Engine:
 
 
 @lru_cache
-def engine_for(url: str) -> Engine:
-    return make_engine(url)
+def database_for(url: str) -> Engine:
+    return connect(url)
 
 
 @lru_cache
 def _factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine_for(url), expire_on_commit=False)
+    return sessionmaker(bind=database_for(url), expire_on_commit=False)
 
 
 def session_factory(url: str | None = None) -> sessionmaker[Session]:
@@ -84,6 +85,6 @@ def migrate(url: str | None = None) -> None:
         url = get_settings().database
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.attributes["engine"] = engine_for(url)
+    cfg.attributes["engine"] = database_for(url)
     command.upgrade(cfg, "head")
-    log.info("database at head: %s", engine_for(url).url.render_as_string(hide_password=True))
+    log.info("database at head: %s", database_for(url).url.render_as_string(hide_password=True))

@@ -92,9 +92,9 @@ def database_url(request, tmp_path_factory) -> str:
         return
     url = _postgres_database()
     yield url
-    from shared.db import engine_for
+    from shared.db import database_for
 
-    engine_for(url).dispose()
+    database_for(url).dispose()
     _drop_postgres(url)
 
 

@@ -11,10 +11,10 @@ target_metadata = Base.metadata
 def run() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        from shared.db import engine_for
+        from shared.db import database_for
         from shared.config import get_settings
 
-        engine = engine_for(get_settings().database)
+        engine = database_for(get_settings().database)
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

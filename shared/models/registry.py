@@ -39,11 +39,18 @@ EMOTION2VEC = ModelSpec("emotion2vec", "iic/emotion2vec_plus_large")
 
 @dataclass(frozen=True)
 class Provenance:
+    """Which weights produced a result: the one record of it, stored as a ModelVersion row,
+    published on a GPU worker's heartbeat and shown by the API (api.schemas.ModelInfo)."""
     name: str
     revision: str | None
     sha256: str
     random_weights: bool
     path: str
+
+    def record(self) -> dict:
+        """The fields every result carries (the folder's path stays on this machine)."""
+        return {"name": self.name, "revision": self.revision, "sha256": self.sha256,
+                "random_weights": self.random_weights}
 
 
 def provenance(spec: ModelSpec, directory: Path) -> Provenance:

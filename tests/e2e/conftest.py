@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.conftest import free_port
-from workers.launcher import die_with_parent
+from shared.orphans import die_with_parent
 
 pytestmark = pytest.mark.e2e
 

@@ -292,9 +292,9 @@ def test_failed_files_end_their_tasks_failed_in_flower(api, tmp_path):
         assert st["state"] == "failed" and (st["files_failed"], st["files_skipped"]) == (2, 1)
         assert api.wait(lost)["state"] == "failed", "the reconciler sent the lost file"
         received = {(e["name"], e["args"]): e for e in events.seen if e["type"] == "task-received"}
-        expand = received["workers.archives.expand_archive", f"job {job['id']}: day2.zip"]
-        ingest = received["workers.ingest.ingest_files", f"job {job['id']}: day2.zip/day2/garbage.wav"]
-        resent = received["workers.ingest.ingest_files", f"job {lost}: lost/garbage.wav"]
+        expand = received["workers.ingest.archives.expand_archive", f"job {job['id']}: day2.zip"]
+        ingest = received["workers.ingest.files.ingest_files", f"job {job['id']}: day2.zip/day2/garbage.wav"]
+        resent = received["workers.ingest.files.ingest_files", f"job {lost}: lost/garbage.wav"]
         for task in (expand, ingest, resent):
             events.wait(lambda: "task-failed" in events.of(task["uuid"]), f"task-failed for {task['name']}")
     failed = {e["uuid"]: e["exception"] for e in events.seen if e["type"] == "task-failed"}
@@ -306,6 +306,6 @@ def test_failed_files_end_their_tasks_failed_in_flower(api, tmp_path):
     client = redis.Redis.from_url(api.stack.settings.broker)
     waiting = b"".join(client.hvals("unacked")) + b"".join(client.lrange("ingest", 0, -1))
     assert not [t for t in (expand, ingest, resent) if t["uuid"].encode() in waiting], "acked, not redelivered"
-    quiet = [e for e in events.seen if e.get("name") == "workers.reconcile.reconcile"
+    quiet = [e for e in events.seen if e.get("name") == "workers.ingest.reconcile.reconcile"
              or e["type"] == "task-succeeded" and "'packed'" in e.get("result", "")]  # what reconcile returns
     assert not quiet, "housekeeping stays out of Flower"

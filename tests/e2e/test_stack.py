@@ -52,7 +52,7 @@ def test_up_refuses_a_port_in_use(up_env, start_up):
 def test_a_process_that_keeps_crashing_stops_the_stack(tmp_path):
     from api.stack import RestartBudget, Stack, StackFailed
     from shared.config import Settings
-    from workers.launcher import Proc
+    from api.launcher import Proc
 
     stack = Stack(Settings(data_dir=tmp_path), budget=RestartBudget(limit=3, window=60, first_delay=0.1))
     stack.log_dir.mkdir(parents=True)

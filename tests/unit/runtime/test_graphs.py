@@ -21,7 +21,7 @@ def test_replays_equal_the_compiled_forward(models_dir, wavs):
     layers run directly on the same bucketed shapes, batch after batch: shapes that share a graph,
     shapes that need a new one, and a graph replayed after another."""
     from shared.models import registry
-    from workers.engine import optimise
+    from workers.gpu.engine import optimise
     from workers.models.emotion2vec import Emotion2vec
     from workers.models.sensevoice import SenseVoice
     from workers.runtime.graphs import GraphCache

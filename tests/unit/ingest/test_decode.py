@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from shared import samples
-from shared.audio import AudioError, decode, probe, sidecar, stream
+from shared.formats import sidecar
+from workers.ingest.decode import AudioError, decode, probe, stream
 
 # (file name, ffmpeg encoder, sample rate, channels, reader expected)
 FORMATS = [

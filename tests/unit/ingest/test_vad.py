@@ -4,9 +4,9 @@ import soundfile as sf
 import torch
 
 from shared.config import Settings
-from shared.vad import (MAX_END_SILENCE_MS, Detector, cpu_has_bf16, decisions, detector, resolve_precision, segments,
+from workers.ingest.vad import (MAX_END_SILENCE_MS, Detector, cpu_has_bf16, decisions, detector, resolve_precision, segments,
                         segments_many, segments_stream, split_long)
-from shared.vad.scorer import StreamState
+from workers.ingest.vad.scorer import StreamState
 from tests.conftest import shared_audio
 
 PUBLISHED = [(70, 2340), (2620, 6200), (6480, 23670), (23950, 26250), (26780, 28990), (29950, 31430),
@@ -76,7 +76,7 @@ def test_network_scores_equal_funasr_encoder(automodel):
         del model.ComputeScores
     ref = torch.cat(seen).numpy()
     det = detector(DIRECTORY, "fp32")
-    from shared.vad.scorer import StreamState
+    from workers.ingest.vad.scorer import StreamState
 
     state = StreamState()
     feats = [det.scorer.features(state, audio[:500000], False), det.scorer.features(state, audio[500000:], True)]

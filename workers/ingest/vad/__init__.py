@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.vad import decisions
-from shared.vad.scorer import Scorer, StreamState
+from workers.ingest.vad import decisions
+from workers.ingest.vad.scorer import Scorer, StreamState
 
 _local = threading.local()
 MAX_END_SILENCE_MS = 800

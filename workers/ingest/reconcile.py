@@ -10,11 +10,12 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+from shared import progress, tasks
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Archive, ArchiveState, Batch, BatchState, File, FileState, Job, JobState, utcnow
-from workers import packing, progress
-from workers.celery_app import app
+from shared.tasks import app
+from workers.ingest import batching
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,12 @@ class Housekeeping(app.Task):
         return super().apply_async(args, kwargs, **options)
 
 
-@app.task(name="workers.reconcile.reconcile", base=Housekeeping)
+@app.task(name=tasks.RECONCILE, base=Housekeeping)
 def reconcile() -> dict:
-    from workers import archives, ingest
-    from workers.packing import send_batch
-
     settings = get_settings()
     stale = utcnow() - timedelta(seconds=settings.task_deadline_seconds)
     with session_scope() as db:
-        files = [ingest.FileRef(*row) for row in db.execute(select(File.id, File.job_id, File.name).where(
+        files = [tasks.FileRef(*row) for row in db.execute(select(File.id, File.job_id, File.name).where(
             File.state.in_((FileState.queued, FileState.ingesting)), File.updated_at < stale))]
         batches = list(db.scalars(select(Batch.id).where(
             Batch.state.in_((BatchState.queued, BatchState.running)), Batch.updated_at < stale)))
@@ -66,12 +64,12 @@ def reconcile() -> dict:
         progress.lock_jobs(db, running)
         progress.settle(db, running)
     for archive_id, job_id, name in stuck:
-        archives.enqueue(archive_id, job_id, name)
-    ingest.enqueue(files)
+        tasks.send_archive(archive_id, job_id, name)
+    tasks.send_files(files)
     for batch_id in batches:
-        send_batch(batch_id)
-    packed = packing.pack_pending()
-    if files or batches or stuck or packed:
-        log.info("reconciler: re-enqueued %d archive(s), %d file(s), %d batch(es); packed %d",
-                 len(stuck), len(files), len(batches), len(packed))
-    return {"archives": len(stuck), "files": len(files), "batches": len(batches), "packed": len(packed)}
+        tasks.send_batch(batch_id)
+    made = batching.batch_pending()
+    if files or batches or stuck or made:
+        log.info("reconciler: re-enqueued %d archive(s), %d file(s), %d batch(es); made %d new batch(es)",
+                 len(stuck), len(files), len(batches), len(made))
+    return {"archives": len(stuck), "files": len(files), "batches": len(batches), "made": len(made)}

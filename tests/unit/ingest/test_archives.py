@@ -4,7 +4,8 @@ import zipfile
 
 import pytest
 
-from workers.archives import MemberRejected, is_archive, members, safe_name
+from shared.formats import is_archive
+from workers.ingest.archives import MemberRejected, members, safe_name
 
 
 def test_safe_name():
@@ -90,7 +91,8 @@ def test_sidecars_are_skipped_and_failures_end_the_task_failed(database, tmp_pat
 
     from shared.db import session_scope
     from shared.schema import Archive, File, Job
-    from workers import archives, ingest, progress
+    from shared import progress, tasks
+    from workers.ingest import archives
 
     path = tmp_path / "upload.zip"
     with zipfile.ZipFile(path, "w") as zf:
@@ -107,7 +109,7 @@ def test_sidecars_are_skipped_and_failures_end_the_task_failed(database, tmp_pat
         db.add(archive)
         db.flush()
         job_id, archive_id = job.id, archive.id
-    with mock.patch.object(ingest, "enqueue") as queued, pytest.raises(progress.FilesFailed) as failed:
+    with mock.patch.object(tasks, "send_files") as queued, pytest.raises(progress.FilesFailed) as failed:
         archives.expand_archive(archive_id)
     assert str(failed.value) == ("1 of 5 file(s) failed: calls.zip/../escape.wav: "
                                  "unsafe member path '../escape.wav' (absolute or '..')")
@@ -128,7 +130,8 @@ def test_unreadable_archive_names_the_upload_not_the_spool(database):
 
     from shared.db import session_scope
     from shared.schema import Archive, Job
-    from workers import archives, ingest, progress
+    from shared import progress, tasks
+    from workers.ingest import archives
 
     spool = database.spool
     missing = spool / "uploads" / "job" / "0123-calls.zip"  # gone from the spool
@@ -140,9 +143,71 @@ def test_unreadable_archive_names_the_upload_not_the_spool(database):
         db.add(archive)
         db.flush()
         archive_id = archive.id
-    with mock.patch.object(ingest, "enqueue"), pytest.raises(progress.FilesFailed) as failed:
+    with mock.patch.object(tasks, "send_files"), pytest.raises(progress.FilesFailed) as failed:
         archives.expand_archive(archive_id)
     with session_scope() as db:
         error = db.get(Archive, archive_id).error
     assert error.startswith("archive unreadable") and "calls.zip" in error
     assert str(spool) not in error and str(spool) not in str(failed.value)
+
+
+def _archive_row(tmp_path, state: str, attempts: int, age_s: float) -> tuple[str, str]:
+    from datetime import timedelta
+
+    from shared.db import session_scope
+    from shared.schema import Archive, ArchiveState, Job, JobState, utcnow
+
+    path = tmp_path / "calls.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.wav", b"RIFF" + b"\0" * 100)
+    with session_scope() as db:
+        job = Job(state=JobState.running, files_total=0)
+        db.add(job)
+        db.flush()
+        archive = Archive(job_id=job.id, name="calls.zip", path=str(path), size_bytes=path.stat().st_size,
+                          state=ArchiveState(state), attempts=attempts)
+        db.add(archive)
+        db.flush()
+        archive.updated_at = utcnow() - timedelta(seconds=age_s)
+        return job.id, archive.id
+
+
+def test_an_archive_being_expanded_is_not_expanded_twice(database, tmp_path):
+    """Claimed like files and batches: within the deadline, another worker's expansion is left alone."""
+    from unittest import mock
+
+    from shared import tasks
+    from shared.db import session_scope
+    from shared.schema import Archive, ArchiveState
+    from workers.ingest import archives
+
+    _, archive_id = _archive_row(tmp_path, "expanding", attempts=1, age_s=1)
+    with mock.patch.object(tasks, "send_files") as queued:
+        archives.expand_archive(archive_id)
+    queued.assert_not_called()
+    with session_scope() as db:
+        archive = db.get(Archive, archive_id)
+        assert (archive.state, archive.attempts) == (ArchiveState.expanding, 1)
+
+
+def test_an_archive_that_kills_its_workers_is_given_up(database, tmp_path):
+    """Archives have the attempt cap of files and batches: one stuck past the deadline on its last
+    attempt fails with the reason, and its job ends, instead of staying 'expanding' forever."""
+    from unittest import mock
+
+    from shared import progress, tasks
+    from shared.db import session_scope
+    from shared.schema import Archive, ArchiveState, Job, JobState
+
+    from workers.ingest import archives
+
+    cap = database.max_attempts
+    job_id, archive_id = _archive_row(tmp_path, "expanding", attempts=cap, age_s=database.task_deadline_seconds + 5)
+    with mock.patch.object(tasks, "send_files") as queued, pytest.raises(progress.FilesFailed, match="gave up"):
+        archives.expand_archive(archive_id)
+    queued.assert_not_called()
+    with session_scope() as db:
+        archive = db.get(Archive, archive_id)
+        assert archive.state == ArchiveState.failed
+        assert archive.error == f"gave up after {cap} attempts (the worker died on this archive)"
+        assert db.get(Job, job_id).state in (JobState.failed, JobState.done)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,6 +165,19 @@ class InFlight:
             return []
         transcripts = self.tokens.model.decode(self.tokens.rows())
         return [SegmentResult(t, e) for t, e in zip(transcripts, self.emotions.results())]
+
+
+@contextmanager
+def exit_on_cuda_error():
+    """A CUDA error leaves the device unusable in this process: exit, so that the supervisor restarts the
+    worker (unacked messages are redelivered; a batch left `running` is re-run by the reconciler)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "CUDA" in str(exc) or "cuda" in str(exc):
+            log.critical("CUDA error, exiting so that the supervisor restarts this worker: %s", exc)
+            os._exit(70)
+        raise
 
 
 _engine: Engine | None = None

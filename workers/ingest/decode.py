@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import ffmpeg
 import numpy as np
@@ -24,11 +24,6 @@ class AudioError(Exception):
     """A file that cannot be used as audio; the message is shown to the user, so it never holds a server path."""
 
 
-# Files that travel with recordings in call archives (metadata, notes, checksums, documents): skipped, not failed.
-SIDECAR_SUFFIXES = frozenset(
-    ".txt .csv .tsv .json .jsonl .xml .yaml .yml .ini .cfg .conf .log .md .rst .nfo .html .htm .pdf .rtf .doc .docx "
-    ".xls .xlsx .odt .ods .md5 .sha1 .sha256 .sfv .sig .asc .jpg .jpeg .png .gif .bmp .tif .tiff".split())
-SYSTEM_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 TEXT_PROBE_BYTES = 4096
 
 
@@ -46,18 +41,6 @@ class AudioInfo:
     channels: int
     duration_s: float
     reader: str = "ffmpeg"
-
-
-def sidecar(name: str) -> str | None:
-    """Why a file of this name (as submitted, or as an archive member) is not a recording; None if it may be one."""
-    path = PurePosixPath(name.replace("\\", "/"))
-    if "__MACOSX" in path.parts or path.name.startswith("._"):
-        return "macOS metadata (resource fork), not audio"
-    if path.name.lower() in SYSTEM_FILES:
-        return "file-system metadata, not audio"
-    if path.suffix.lower() in SIDECAR_SUFFIXES:
-        return f"sidecar file ({path.suffix.lower()}), not audio"
-    return None
 
 
 def probe(path: Path) -> AudioInfo:
@@ -107,7 +90,7 @@ def decode(path: Path, info: AudioInfo) -> np.ndarray:
         if rate != SAMPLE_RATE:
             data = soxr.resample(data, rate, SAMPLE_RATE)
         return np.ascontiguousarray(data.T, dtype=np.float32)
-    return _decode_ffmpeg(path, info.channels)
+    return np.concatenate(list(_stream_ffmpeg(path, info.channels, 60.0)), axis=1)
 
 
 def stream(path: Path, info: AudioInfo, block_seconds: float = 60.0):
@@ -167,23 +150,6 @@ def _stream_ffmpeg(path: Path, channels: int, block_seconds: float):
         raise AudioError(f"decode failed: {reason}")
     if seen == 0:
         raise AudioError("no audio samples decoded (zero-length audio)")
-
-
-def _decode_ffmpeg(path: Path, channels: int) -> np.ndarray:
-    try:
-        out, _ = (
-            ffmpeg.input(str(path))
-            .output("pipe:", format="f32le", acodec="pcm_f32le", ar=SAMPLE_RATE, ac=channels, map="0:a:0")
-            .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
-            .run(capture_stdout=True, capture_stderr=True)
-        )
-    except ffmpeg.Error as exc:
-        raise AudioError(f"decode failed: {_ffmpeg_reason(exc, path)}") from None
-    audio = np.frombuffer(out, dtype=np.float32)
-    if audio.size == 0:
-        raise AudioError("no audio samples decoded (zero-length audio)")
-    usable = audio.size - audio.size % channels
-    return np.ascontiguousarray(audio[:usable].reshape(-1, channels).T)
 
 
 def _duration(stream: dict, fmt: dict) -> float:

@@ -14,15 +14,15 @@ import numpy as np
 import redis
 from sqlalchemy import select, update
 
-from shared.batching import Item, pack
+from shared import tasks
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Batch, Channel, File, FileState, Job, JobState, Segment, SegmentState, utcnow
 from shared.storage import SAMPLE_RATE, Spool, channel_samples
-from workers.celery_app import app
+from workers.ingest.lengths import Item, by_length
 
 log = logging.getLogger(__name__)
-LOCK = "speechq:pack-lock"
+LOCK = "speechq:batching-lock"
 
 
 def _lock():
@@ -30,12 +30,12 @@ def _lock():
     return client.lock(LOCK, timeout=300, blocking_timeout=120)
 
 
-def pack_pending(force_flush: bool = False) -> list[str]:
+def batch_pending(force_flush: bool = False) -> list[str]:
     with _lock():
-        return _pack(force_flush)
+        return _batch(force_flush)
 
 
-def _pack(force_flush: bool) -> list[str]:
+def _batch(force_flush: bool) -> list[str]:
     settings = get_settings()
     with session_scope() as db:
         rows = db.execute(
@@ -48,7 +48,7 @@ def _pack(force_flush: bool) -> list[str]:
         busy_jobs = set(db.scalars(
             select(File.job_id).where(File.state.in_((FileState.queued, FileState.ingesting))).distinct()))
     items = [Item(r.id, (r.end_ms - r.start_ms) / 1000.0) for r in rows]
-    batches, leftover = pack(items, settings.batch_seconds)
+    batches, leftover = by_length(items, settings.batch_seconds)
     if leftover:
         by_id = {r.id: r for r in rows}
         oldest = min(by_id[i.id].created_at for i in leftover)
@@ -56,20 +56,15 @@ def _pack(force_flush: bool) -> list[str]:
             oldest = oldest.replace(tzinfo=utcnow().tzinfo)
         waited = utcnow() - oldest > timedelta(seconds=settings.batch_flush_seconds)
         if force_flush or waited or not any(by_id[i.id].job_id in busy_jobs for i in leftover):
-            more, _ = pack(leftover, settings.batch_seconds, flush=True)
+            more, _ = by_length(leftover, settings.batch_seconds, flush=True)
             batches += more
     created = [_make_batch([i.id for i in b]) for b in batches]
     created = [b for b in created if b]
     for batch_id in created:
-        send_batch(batch_id)
+        tasks.send_batch(batch_id)  # by name: the CPU side never imports the GPU worker's code
     if created:
-        log.info("packed %d segments into %d batch(es)", sum(len(b) for b in batches), len(created))
+        log.info("cut %d segments into %d batch(es)", sum(len(b) for b in batches), len(created))
     return created
-
-
-def send_batch(batch_id: str) -> None:
-    """To the gpu queue, by name: the CPU side never imports the GPU worker's code."""
-    app.send_task("workers.gpu.run_batch", (batch_id,), queue="gpu", argsrepr=f"batch {batch_id}")
 
 
 def _make_batch(segment_ids: list[str]) -> str | None:

@@ -1,61 +1,42 @@
-"""CPU stage, queue "ingest": probe, decode each channel, segment with FSMN-VAD (several calls at once), then pack."""
+"""The ingest task: probe, decode each channel, segment with FSMN-VAD (several calls at once), then batch."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import NamedTuple
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 
-from shared import audio
+from shared import claims, progress, tasks
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Channel, File, FileState, Job, JobState, Segment, utcnow
 from shared.storage import SAMPLE_RATE, Spool, read_raw
-from workers import packing, progress
-from workers.celery_app import app
+from shared.tasks import app
+from workers.ingest import batching, decode
 
 log = logging.getLogger(__name__)
-REPR_CHARS = 1000  # what Flower shows of a task's arguments
-
-
-class FileRef(NamedTuple):
-    """A file to send to the ingest queue; job and name make the task readable in Flower."""
-    id: str
-    job_id: str
-    name: str
 
 
 def claim_file(file_id: str, failures: list[tuple[str, str]] | None = None) -> File | None:
     """Move a file to 'ingesting' if it is queued, or stuck past the deadline. None if not ours.
     A file given up on (too many attempts) is failed and appended to `failures` as (name, error)."""
-    s = get_settings()
-    stale = utcnow() - timedelta(seconds=s.task_deadline_seconds)
     with session_scope() as db:
         job_id = db.scalar(select(File.job_id).where(File.id == file_id))
         if job_id is None:
             return None
         progress.lock_jobs(db, [job_id])  # job row first, then the file: one lock order everywhere
-        claimed = db.execute(
-            update(File)
-            .where(File.id == file_id,
-                   or_(File.state == FileState.queued,
-                       (File.state == FileState.ingesting) & (File.updated_at < stale)))
-            .values(state=FileState.ingesting, attempts=File.attempts + 1, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if not claimed:
+        if not claims.claim(db, File, file_id, FileState.queued, FileState.ingesting):
             return None
         f = db.get(File, file_id)
         job = db.get(Job, f.job_id)
         if job.state == JobState.cancelled:
             f.state = FileState.cancelled
             return None
-        if f.attempts > s.max_attempts:
-            message = _fail(db, f, f"gave up after {s.max_attempts} attempts (the worker died on this file)")
+        error = claims.gave_up(f, "the worker died on this file")
+        if error:
+            message = _fail(db, f, error)
             if failures is not None:
                 failures.append((f.name, message))
             return None
@@ -92,23 +73,23 @@ def _fail(db, f: File, message: str) -> str:
     return message
 
 
-def check(f: File, settings) -> audio.AudioInfo:
-    info = audio.probe(Path(f.path))
+def check(f: File, settings) -> decode.AudioInfo:
+    info = decode.probe(Path(f.path))
     if info.duration_s > settings.max_file_seconds:
-        raise audio.AudioError(f"recording too long: {info.duration_s:.0f} s "
+        raise decode.AudioError(f"recording too long: {info.duration_s:.0f} s "
                                f"(limit SPEECHQ_MAX_FILE_SECONDS={settings.max_file_seconds:.0f})")
     if info.channels < 1:
-        raise audio.AudioError("audio stream has no channels")
+        raise decode.AudioError("audio stream has no channels")
     return info
 
 
-def decode_to_spool(f: File, info: audio.AudioInfo, spool: Spool) -> tuple[list[Path], int]:
+def decode_to_spool(f: File, info: decode.AudioInfo, spool: Spool) -> tuple[list[Path], int]:
     """Every channel to its own raw file on the spool, block by block. Returns (paths, samples)."""
     paths = [spool.channel_audio(f.job_id, f"{f.id}-{i}") for i in range(info.channels)]
     outs = [open(p, "wb") for p in paths]
     samples = 0
     try:
-        for block in audio.stream(Path(f.path), info):
+        for block in decode.stream(Path(f.path), info):
             for out, channel in zip(outs, block):
                 out.write(channel.tobytes())
             samples += block.shape[1]
@@ -125,37 +106,17 @@ def decode_to_spool(f: File, info: audio.AudioInfo, spool: Spool) -> tuple[list[
 @dataclass
 class Decoded:
     file: File
-    info: audio.AudioInfo
+    info: decode.AudioInfo
     paths: list[Path]
     samples: int
 
 
-def describe(files: list[FileRef]) -> str:
-    """A task's arguments as Flower shows them: the job and the files' names, not ids."""
-    jobs = sorted({f.job_id for f in files})
-    text = f"job {jobs[0]}" if len(jobs) == 1 else f"jobs {', '.join(jobs)}"
-    text += ": " + ", ".join(f.name for f in files)
-    return text if len(text) <= REPR_CHARS else text[:REPR_CHARS - 1] + "…"
-
-
-def enqueue(files: list[FileRef]) -> None:
-    """Send files to the ingest queue in groups of at most SPEECHQ_INGEST_GROUP_FILES, spread evenly,
-    so that one worker runs the VAD on the channels of several calls in one batched pass."""
-    if not files:
-        return
-    size = get_settings().ingest_group_files
-    groups = -(-len(files) // size)
-    for i in range(groups):
-        group = files[i::groups]
-        ingest_files.apply_async(([f.id for f in group],), queue="ingest", argsrepr=describe(group))
-
-
-@app.task(bind=True, name="workers.ingest.ingest_files", throws=(progress.FilesFailed,))
+@app.task(bind=True, name=tasks.INGEST_FILES, throws=(progress.FilesFailed,))
 def ingest_files(self, file_ids: list[str]) -> None:
     """Decode each file of the group to the spool (a bad file fails alone), run every channel of
     every decoded file through FSMN-VAD together, then store each file in its own transaction.
     Ends FAILURE (progress.FilesFailed) if any of its files failed, after the others are stored."""
-    from shared import vad  # torch: loaded where the VAD runs, not in the API that enqueues
+    from workers.ingest import vad  # torch: loaded where the VAD runs, not in every process that imports this
 
     settings = get_settings()
     spool = Spool(settings.spool)
@@ -169,8 +130,8 @@ def ingest_files(self, file_ids: list[str]) -> None:
             info = check(f, settings)
             paths, samples = decode_to_spool(f, info, spool)
             if samples < 1:
-                raise audio.AudioError("no audio samples decoded (zero-length audio)")
-        except audio.AudioError as exc:
+                raise decode.AudioError("no audio samples decoded (zero-length audio)")
+        except decode.AudioError as exc:
             with session_scope() as db:
                 failures.append((f.name, _fail(db, db.get(File, file_id), str(exc))))
             continue
@@ -184,7 +145,7 @@ def ingest_files(self, file_ids: list[str]) -> None:
             at += len(d.paths)
             self.send_event("task-progress", job=d.file.job_id, file=d.file.name, channels=len(d.paths),
                             segments=total)
-        packing.pack_pending()
+        batching.batch_pending()
     if failures:
         raise progress.FilesFailed.of(failures, len(file_ids))
 
@@ -222,8 +183,3 @@ def _store(d: Decoded, spans_per_channel: list[list[tuple[int, int]]], settings)
         progress.settle(db, [f.job_id])
     log.info("ingested %s: %d channel(s), %.1f s, %d segments", f.name, len(rows), samples / SAMPLE_RATE, total)
     return total
-
-
-@app.task(name="workers.ingest.pack")
-def pack(flush: bool = False) -> None:
-    packing.pack_pending(force_flush=flush)

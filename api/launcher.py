@@ -5,9 +5,7 @@ Devices are counted in a child process so that the launcher itself never initial
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -15,30 +13,11 @@ from pathlib import Path
 
 from shared.config import get_settings
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-_libc = ctypes.CDLL(None, use_errno=True)  # loaded here, not in a freshly forked child
-
-
 @dataclass
 class Proc:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
-
-
-def die_with_parent(parent_pid: int | None = None, sig: int = signal.SIGKILL) -> None:
-    """Have the kernel send `sig` to this process when the thread that started it ends (Linux prctl).
-
-    `parent_pid`: the parent as the caller knew it; if it is already gone, exit now, since the
-    kernel would never send the signal. Also called as a `preexec_fn`, between fork and exec.
-    """
-    if not sys.platform.startswith("linux"):
-        return  # prctl is Linux's; elsewhere the supervisor's stop() is the only guard
-    if _libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(int(sig))) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
-    if parent_pid is not None and os.getppid() != parent_pid:
-        os._exit(1)
 
 
 def count_devices() -> int:
@@ -57,18 +36,21 @@ def device_ids(spec: str | None) -> list[str]:
     return [str(i) for i in range(count_devices())]
 
 
-def celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", *args]
+def celery(role: str, *args: str) -> list[str]:
+    """A Celery command line for `role`: "ingest" or "gpu" (a worker registers its role's tasks only), or
+    "monitor" (Flower, which needs the app alone)."""
+    app = {"ingest": "workers.ingest.worker", "gpu": "workers.gpu.worker", "monitor": "shared.tasks"}[role]
+    return [sys.executable, "-m", "celery", "-A", app, *args]
 
 
 def gpu_workers(spec: str | None, loglevel: str = "INFO", prefetch: int = 1) -> list[Proc]:
     devices = device_ids(spec)
     extra = ["--prefetch-multiplier", str(prefetch)] if prefetch != 1 else []
     if not devices:  # no CUDA: one gpu-queue worker on the CPU keeps the pipeline whole
-        return [Proc("gpu-cpu", celery("worker", "-Q", "gpu", "-c", "1", "-n", "gpu-cpu@%h", "-E",
+        return [Proc("gpu-cpu", celery("gpu", "worker", "-Q", "gpu", "-c", "1", "-n", "gpu-cpu@%h", "-E",
                                        "--loglevel", loglevel, *extra),
                      {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "gpu"})]
-    return [Proc(f"gpu{d}", celery("worker", "-Q", "gpu", "-c", "1", "-n", f"gpu{d}@%h", "-E",
+    return [Proc(f"gpu{d}", celery("gpu", "worker", "-Q", "gpu", "-c", "1", "-n", f"gpu{d}@%h", "-E",
                                    "--loglevel", loglevel, *extra),
                  {"CUDA_VISIBLE_DEVICES": d, "SPEECHQ_WORKER_ROLE": "gpu"}) for d in devices]
 
@@ -78,11 +60,11 @@ def ingest_worker(concurrency: int, beat: bool = True, loglevel: str = "INFO") -
     if beat:
         get_settings().data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule file there
         args.append("-B")  # the reconciler's schedule; run exactly one beat per deployment
-    return Proc("ingest", celery(*args), {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "ingest"})
+    return Proc("ingest", celery("ingest", *args), {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "ingest"})
 
 
 def flower(port: int) -> Proc:
-    return Proc("flower", celery("flower", f"--port={port}", "--address=127.0.0.1"), {})
+    return Proc("flower", celery("monitor", "flower", f"--port={port}", "--address=127.0.0.1"), {})
 
 
 def api(host: str, port: int) -> Proc:

@@ -1,4 +1,4 @@
-from workers import launcher
+from api import launcher
 
 
 def test_one_pinned_worker_per_device():
@@ -40,7 +40,7 @@ def test_a_child_dies_with_its_parent_even_a_sigkilled_one(tmp_path):
 
     parent = subprocess.Popen([sys.executable, "-c", (
         "import functools, os, subprocess, sys, time\n"
-        "from workers.launcher import die_with_parent\n"
+        "from shared.orphans import die_with_parent\n"
         "child = subprocess.Popen(['sleep', '300'], start_new_session=True,\n"
         "                         preexec_fn=functools.partial(die_with_parent, os.getpid()))\n"
         "print(child.pid, flush=True)\n"

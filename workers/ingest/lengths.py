@@ -1,4 +1,4 @@
-"""Length bucketing: pack segments from many files into batches under a padded-seconds budget."""
+"""Length bucketing: segments from many files cut into batches under a padded-seconds budget."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ class Item:
     seconds: float
 
 
-def pack(items: list[Item], budget_seconds: float, max_items: int = 512,
-         flush: bool = False) -> tuple[list[list[Item]], list[Item]]:
+def by_length(items: list[Item], budget_seconds: float, max_items: int = 512,
+              flush: bool = False) -> tuple[list[list[Item]], list[Item]]:
     """Sort by length and cut greedily so that len(batch) * longest <= budget.
 
     Returns (batches, leftover). Without `flush`, the last, unfilled batch is left over to wait
-    for more segments; with it, everything is packed.
+    for more segments; with it, everything is cut into batches.
     """
     ordered = sorted(items, key=lambda it: it.seconds, reverse=True)
     batches: list[list[Item]] = []

@@ -1,40 +1,17 @@
-"""The Celery application: Redis broker, at-least-once delivery (ARCHITECTURE.md, contract 3)."""
+"""What every worker process does around its tasks: readable logs, a heartbeat, and children that
+die with the worker (a pool child that outlived it would consume the next stack's queue with old code)."""
 
 from __future__ import annotations
 
 import os
 
-from celery import Celery
 from celery.signals import after_setup_logger, beat_embedded_init, worker_process_init, worker_ready, worker_shutdown
 
 from shared import heartbeat, logs
 from shared.config import get_settings
-from workers.launcher import die_with_parent
+from shared.orphans import die_with_parent
+from shared.tasks import app
 
-settings = get_settings()
-
-app = Celery("speechq", broker=settings.broker,
-             include=["workers.ingest", "workers.archives", "workers.gpu", "workers.reconcile"])
-app.conf.update(
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_ignore_result=True,
-    task_serializer="json",
-    accept_content=["json"],
-    task_default_queue="ingest",
-    task_routes={"workers.gpu.*": {"queue": "gpu"}},
-    # Redelivery after a lost worker: longer than any task (GPU tasks take seconds).
-    broker_transport_options={"visibility_timeout": 3600},
-    broker_connection_retry_on_startup=True,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
-    worker_hijack_root_logger=False,
-    beat_schedule_filename=str(settings.data_dir.resolve() / "celerybeat-schedule"),  # not in the cwd
-    beat_schedule={
-        "reconcile": {"task": "workers.reconcile.reconcile", "schedule": settings.reconcile_interval_seconds},
-    },
-)
 _heartbeat: heartbeat.Heartbeat | None = None
 
 

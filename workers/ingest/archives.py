@@ -13,15 +13,13 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import update
 
-from shared import audio
+from shared import claims, formats, progress, tasks
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Archive, ArchiveState, File, FileState, Job, JobState, utcnow
 from shared.storage import Spool
-from workers import progress
-from workers.celery_app import app
+from shared.tasks import app
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -33,13 +31,6 @@ class MemberRejected(Exception):
 
 class ArchiveRejected(Exception):
     pass
-
-
-def is_archive(name: str, head: bytes) -> bool:
-    lower = name.lower()
-    if lower.endswith((".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-        return True
-    return head.startswith(b"PK\x03\x04") or head[257:262] == b"ustar"
 
 
 def file_id(archive_id: str, index: int) -> str:
@@ -105,32 +96,29 @@ def members(path: Path):
             raise ArchiveRejected(f"archive is corrupt: {exc}") from None
 
 
-def enqueue(archive_id: str, job_id: str, name: str) -> None:
-    expand_archive.apply_async((archive_id,), queue="ingest", argsrepr=f"job {job_id}: {name}")
-
-
-@app.task(name="workers.archives.expand_archive", throws=(progress.FilesFailed,))
+@app.task(name=tasks.EXPAND_ARCHIVE, throws=(progress.FilesFailed,))
 def expand_archive(archive_id: str) -> None:
     """Members become files (queued, failed or skipped as sidecars). Ends FAILURE (progress.FilesFailed) if the
     archive or any member failed, after the good members are queued."""
-    from workers import ingest
-
     settings = get_settings()
     with session_scope() as db:
-        claimed = db.execute(
-            update(Archive).where(Archive.id == archive_id,
-                                  Archive.state.in_((ArchiveState.queued, ArchiveState.expanding)))
-            .values(state=ArchiveState.expanding, attempts=Archive.attempts + 1, updated_at=utcnow())
-            .execution_options(synchronize_session=False)).rowcount
-        if not claimed:
-            return
+        if not claims.claim(db, Archive, archive_id, ArchiveState.queued, ArchiveState.expanding):
+            return  # done, or being expanded by another worker within the deadline
         archive = db.get(Archive, archive_id)
         job = db.get(Job, archive.job_id)
         if job.state == JobState.cancelled:
             return
+        given_up = claims.gave_up(archive, "the worker died on this archive")
+        if given_up:
+            progress.lock_jobs(db, [archive.job_id])
+            archive.state, archive.error = ArchiveState.failed, given_up
+            log.warning("archive %s: %s", archive.name, given_up)
+            progress.settle(db, [archive.job_id])
         if job.state == JobState.queued:
             job.state, job.started_at = JobState.running, utcnow()
         db.expunge(archive)
+    if given_up:
+        raise progress.FilesFailed.of([(archive.name, given_up)], 1)
     spool = Spool(settings.spool)
     budget = archive.budget_bytes if archive.budget_bytes is not None else settings.max_archive_bytes
     total, count, error, new, nested = 0, 0, None, [], []
@@ -145,7 +133,7 @@ def expand_archive(archive_id: str) -> None:
             try:
                 member = safe_name(name)
                 row["name"] = f"{archive.name}/{member}"
-                reason = audio.sidecar(member)
+                reason = formats.sidecar(member)
                 if reason:  # notes.txt, calls.csv, __MACOSX/...: not a recording, not a failure
                     row.update(state=FileState.skipped, error=reason)
                     new.append(row)
@@ -157,7 +145,7 @@ def expand_archive(archive_id: str) -> None:
                     size, digest = _copy(src, dst, budget - total)
                 total += size
                 with open(dst, "rb") as head:
-                    inner = is_archive(row["name"], head.read(512))
+                    inner = formats.is_archive(row["name"], head.read(512))
                 if inner and archive.depth + 1 > settings.max_archive_depth:
                     raise MemberRejected(f"archive nested deeper than {settings.max_archive_depth} levels")
                 if inner:
@@ -190,9 +178,9 @@ def expand_archive(archive_id: str) -> None:
     if error:
         log.warning("archive %s: %s", archive.name, error)
     for n in inner:
-        enqueue(n["id"], n["job_id"], n["name"])
-    queued = [ingest.FileRef(r["id"], r["job_id"], r["name"]) for r in fresh if r.get("state") == FileState.queued]
-    ingest.enqueue(queued)
+        tasks.send_archive(n["id"], n["job_id"], n["name"])
+    queued = [tasks.FileRef(r["id"], r["job_id"], r["name"]) for r in fresh if r.get("state") == FileState.queued]
+    tasks.send_files(queued)
     skipped = sum(1 for r in fresh if r.get("state") == FileState.skipped)
     log.info("expanded %s: %d members, %d queued, %d skipped", archive.name, len(new), len(queued), skipped)
     failures = [(archive.name, error)] if error else []

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from shared.models import registry
-from workers.engine import optimise
+from workers.gpu.engine import optimise
 from workers.models.emotion2vec import Emotion2vec
 from workers.models.sensevoice import SenseVoice
 from workers.runtime.options import Options
