@@ -1,1 +1,3 @@
-"""Celery workers: CPU ingest (decode, VAD, packing) and GPU inference."""
+"""Celery workers, one package per role: `ingest` (the CPU side: archives, decode, VAD, batching) and
+`gpu` (the GPU side: the engine and its tasks), beside `models` (the batched forwards) and `runtime`
+(how they run on a GPU)."""
