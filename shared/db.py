@@ -86,5 +86,5 @@ def migrate(url: str | None = None) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = database_for(url)
-    command.upgrade(cfg, "head")
+    command.upgrade(cfg, "heads")
     log.info("database at head: %s", database_for(url).url.render_as_string(hide_password=True))

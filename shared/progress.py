@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
+from shared import endings
 from shared.schema import Archive, ArchiveState, File, FileState, Job, JobState, Segment, SegmentState, utcnow
 
 ACTIVE_FILE = (FileState.queued, FileState.ingesting, FileState.segmented)
@@ -93,5 +94,6 @@ def recount(db: Session, job: Job) -> bool:
             skipped_note = f" ({job.files_skipped} skipped as not audio)" if job.files_skipped else ""
             job.error = job.error or f"the job holds no audio files{skipped_note}"
         job.finished_at = utcnow()
+        endings.job_ended(db, job)
         return True
     return False

@@ -13,6 +13,7 @@ from api.deps import SessionDep, SettingsDep
 from api.heartbeats import gpu_workers
 from api.submit import Incoming, SubmitError, create_job, enqueue, resolve_server_path
 from api.uploads import TooLarge, save_upload
+from shared import endings
 from shared.schema import File, FileState, Job, JobState, utcnow
 from shared.storage import Spool
 
@@ -107,6 +108,7 @@ def cancel_job(job_id: str, db: SessionDep, settings: SettingsDep):
     db.query(File).filter(File.job_id == job_id, File.state.in_((FileState.queued, FileState.ingesting,
                                                                   FileState.segmented))).update(
         {File.state: FileState.cancelled}, synchronize_session=False)
+    endings.job_ended(db, job)
     db.commit()
     Spool(settings.spool).clean_job(job_id)
     log.info("job %s cancelled", job_id)
