@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.config import get_settings
+from shared.tasks import HOUSEKEEPING
 
 @dataclass
 class Proc:
@@ -44,27 +45,56 @@ def celery(role: str, *args: str) -> list[str]:
 
 
 def gpu_workers(spec: str | None, loglevel: str = "INFO", prefetch: int = 1) -> list[Proc]:
+    """One worker per device, in the solo pool: the process that loads the models and runs the batches is
+    the one this supervisor watches, so a crash (SIGKILL, out of memory, `os._exit` on a CUDA error) ends the
+    worker and the supervisor restarts it. A prefork child would be replaced by its parent instead, which
+    kills a child not up within 4 s (worker_proc_alive_timeout) while the models take 8-70 s to load."""
     devices = device_ids(spec)
     extra = ["--prefetch-multiplier", str(prefetch)] if prefetch != 1 else []
     if not devices:  # no CUDA: one gpu-queue worker on the CPU keeps the pipeline whole
-        return [Proc("gpu-cpu", celery("gpu", "worker", "-Q", "gpu", "-c", "1", "-n", "gpu-cpu@%h", "-E",
-                                       "--loglevel", loglevel, *extra),
+        return [Proc("gpu-cpu", celery("gpu", "worker", "-Q", "gpu", "-P", "solo", "-c", "1", "-n", "gpu-cpu@%h",
+                                       "-E", "--loglevel", loglevel, *extra),
                      {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "gpu"})]
-    return [Proc(f"gpu{d}", celery("gpu", "worker", "-Q", "gpu", "-c", "1", "-n", f"gpu{d}@%h", "-E",
-                                   "--loglevel", loglevel, *extra),
+    return [Proc(f"gpu{d}", celery("gpu", "worker", "-Q", "gpu", "-P", "solo", "-c", "1", "-n", f"gpu{d}@%h",
+                                   "-E", "--loglevel", loglevel, *extra),
                  {"CUDA_VISIBLE_DEVICES": d, "SPEECHQ_WORKER_ROLE": "gpu"}) for d in devices]
 
 
-def ingest_worker(concurrency: int, beat: bool = True, loglevel: str = "INFO") -> Proc:
+def ingest_worker(concurrency: int, loglevel: str = "INFO") -> Proc:
     args = ["worker", "-Q", "ingest", "-c", str(concurrency), "-n", "ingest@%h", "-E", "--loglevel", loglevel]
-    if beat:
-        get_settings().data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule file there
-        args.append("-B")  # the reconciler's schedule; run exactly one beat per deployment
     return Proc("ingest", celery("ingest", *args), {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "ingest"})
 
 
-def flower(port: int) -> Proc:
-    return Proc("flower", celery("monitor", "flower", f"--port={port}", "--address=127.0.0.1"), {})
+def housekeeping_worker(loglevel: str = "INFO") -> Proc:
+    """The reconciler's own consumer (queue "housekeeping", solo pool) with the beat that schedules it: it
+    runs on time whatever the ingest backlog. Run exactly one beat per deployment."""
+    get_settings().data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule file there
+    args = ["worker", "-Q", HOUSEKEEPING, "-P", "solo", "-n", "housekeeping@%h", "-B", "--loglevel", loglevel]
+    return Proc("housekeeping", celery("ingest", *args),
+                {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "housekeeping"})
+
+
+def flower(port: int, basic_auth: str) -> Proc:
+    """Flower on loopback, behind basic auth (`user:password`, see flower_credentials). The credentials go
+    through Flower's FLOWER_BASIC_AUTH variable, the same as --basic-auth, so that `ps` does not show them."""
+    return Proc("flower", celery("monitor", "flower", f"--port={port}", "--address=127.0.0.1"),
+                {"FLOWER_BASIC_AUTH": basic_auth})
+
+
+def flower_credentials(settings) -> tuple[str, Path | None]:
+    """(user:password, the file it was read from). SPEECHQ_FLOWER_BASIC_AUTH when set; else the file
+    data_dir/flower-auth, written once (mode 0600) with user `speechq` and a random password."""
+    if settings.flower_basic_auth is not None:
+        return settings.flower_basic_auth.get_secret_value(), None
+    path = (settings.data_dir / "flower-auth").resolve()
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"speechq:{secrets.token_urlsafe(18)}\n")
+    return path.read_text().strip(), path
 
 
 def api(host: str, port: int) -> Proc:

@@ -7,6 +7,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from api import schemas
 from api.heartbeats import GpuWorkers
+from shared.analytics import redaction
+from shared.analytics import store as analytics_store
 from shared.schema import (Archive, ArchiveState, Channel, File, FileState, Job, JobState, ModelVersion, Result,
                            Segment)
 
@@ -57,31 +59,37 @@ def job_status(db: Session, job: Job, workers: GpuWorkers, used: list[ModelVersi
         errors=errors,
         skipped=[schemas.SkippedFile(name=n, reason=e) for n, state, e in rows if state == FileState.skipped],
         random_weights=any(m.random_weights for m in used) or (active and workers.random_weights),
-        warning=workers.warning if active else None,
+        warning=workers.warning if active else None, redact=bool(job.redact), callback_url=job.callback_url,
     )
 
 
-def segment_out(s: Segment) -> schemas.SegmentOut:
+def segment_out(s: Segment, redact: bool = False) -> schemas.SegmentOut:
+    """`redact`: the job asked for redaction; its texts are redacted in the database when it ends, and here
+    until then."""
     r = s.result
+    text = (redaction.redact(r.text)[0] if redact else r.text) if r else None
     return schemas.SegmentOut(
         id=s.id, start_s=seconds(s.start_ms), end_s=seconds(s.end_ms), state=s.state.value,
-        text=r.text if r else None, language=r.language if r else None, emotion=r.emotion if r else None,
+        loudness_lufs=s.loudness_lufs, rms_dbfs=s.rms_dbfs,
+        text=text, language=r.language if r else None, emotion=r.emotion if r else None,
         event=r.event if r else None, emotion2vec_label=emotion_label(r.emotion2vec_label) if r else None,
-        emotion2vec_scores=emotion_scores(r.emotion2vec_scores) if r else None)
+        emotion2vec_scores=emotion_scores(r.emotion2vec_scores) if r else None,
+        words=r.words if r and not redact else None)  # redacted jobs: the words would show what was redacted
 
 
-def channel_out(c: Channel) -> schemas.ChannelOut:
+def channel_out(c: Channel, redact: bool = False) -> schemas.ChannelOut:
     return schemas.ChannelOut(index=c.index, label=c.label, duration_s=round(c.duration_s, 3),
-                              speech_s=round(c.speech_s, 3), segments=[segment_out(s) for s in c.segments])
+                              speech_s=round(c.speech_s, 3), segments=[segment_out(s, redact) for s in c.segments])
 
 
-def file_out(f: File, channels: list[schemas.ChannelOut], duplicate_of: str | None = None) -> schemas.FileOut:
+def file_out(f: File, channels: list[schemas.ChannelOut], duplicate_of: str | None = None,
+             metrics: dict | None = None) -> schemas.FileOut:
     skipped = f.state == FileState.skipped
     return schemas.FileOut(
         id=f.id, name=f.name, state=f.state.value, error=None if skipped else f.error,
         skipped_reason=f.error if skipped else None, format=f.format, sample_rate=f.sample_rate,
         num_channels=f.num_channels, duration_s=round(f.duration_s, 3) if f.duration_s is not None else None,
-        sha256=f.sha256, duplicate_of=duplicate_of, channels=channels)
+        sha256=f.sha256, duplicate_of=duplicate_of, channels=channels, metrics=metrics)
 
 
 def job_results(db: Session, job: Job, workers: GpuWorkers) -> schemas.JobResults:
@@ -90,9 +98,11 @@ def job_results(db: Session, job: Job, workers: GpuWorkers) -> schemas.JobResult
         .options(selectinload(File.channels).selectinload(Channel.segments).selectinload(Segment.result))
     ).all()
     names = {f.id: f.name for f in files}
-    channels = {f.id: [channel_out(c) for c in f.channels] for f in files if not f.duplicate_of}
-    # A duplicate shows its original's channels: the same audio was processed once.
-    out = [file_out(f, channels.get(f.duplicate_of or f.id, []), names.get(f.duplicate_of)) for f in files]
+    channels = {f.id: [channel_out(c, job.redact) for c in f.channels] for f in files if not f.duplicate_of}
+    metrics = analytics_store.file_metrics(db, list(channels))
+    # A duplicate shows its original's channels and metrics: the same audio was processed once.
+    out = [file_out(f, channels.get(f.duplicate_of or f.id, []), names.get(f.duplicate_of),
+                    metrics.get(f.duplicate_of or f.id)) for f in files]
     used = models(db, job.id)
     status = job_status(db, job, workers, used)
     return schemas.JobResults(

@@ -47,7 +47,34 @@ def for_up(settings: Settings, flower: bool = True) -> list[Check]:
         checks.append(broker_reachable(settings))
     if settings.database_url:
         checks.append(database_reachable(settings))
+    checks.append(api_keys(settings))
     return checks
+
+
+def api_keys(settings: Settings) -> Check:
+    """Keys are optional only on loopback: an API that listens on any other address refuses to start until
+    a live (not revoked) key exists. `speechq up` checks this, and so does the API itself as it starts."""
+    from sqlalchemy import func, select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from api import keys
+    from shared.db import session_scope
+    from shared.schema import ApiKey
+
+    host = settings.api_host
+    try:
+        with session_scope(settings.database) as db:
+            live = db.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))) or 0
+    except SQLAlchemyError:  # no database or no table yet: a fresh install has no key
+        live = 0
+    if live:
+        return Check("API keys", True, f"{live} live key(s); every request needs one")
+    if keys.is_loopback(host):
+        return Check("API keys", True, f"no live key; the API listens on loopback ({host}) only")
+    return Check("API keys", False,
+                 f"the API would listen on {host}, beyond this machine, and no API key exists: anyone who reaches "
+                 "it could read every call", "speechq keys create --name admin --admin   (prints the key once), "
+                 "or SPEECHQ_API_HOST=127.0.0.1")
 
 
 def data_folder(settings: Settings) -> Check:

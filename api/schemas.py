@@ -21,13 +21,29 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
+# What a client may send: no NUL byte anywhere (PostgreSQL keeps none), and no longer than the column it fills.
+NO_NUL = r"^[^\x00]*$"
+JobName = Annotated[str, Field(max_length=255, pattern=NO_NUL, description="A name for the job (255 characters at "
+                                                                           "most).")]
+ChannelLabels = Annotated[str, Field(max_length=255, pattern=NO_NUL, examples=["agent,customer"],
+                                     description="Comma-separated labels of the channels, in order.")]
+Language = Annotated[str, Field(max_length=16, pattern=NO_NUL, examples=["auto", "en", "zh"])]
+ServerPath = Annotated[str, Field(min_length=1, max_length=4096, pattern=NO_NUL,
+                                  description="Relative to the import root, or absolute under it; each part of the "
+                                              "path 255 bytes at most.")]
+
 
 class PathsRequest(BaseModel):
-    paths: list[str] = Field(..., min_length=1, description="Files or archives under the server's import root.")
-    name: str | None = None
-    channel_labels: str | None = Field(None, examples=["agent,customer"])
-    language: str | None = Field(None, examples=["auto", "en", "zh"])
+    paths: list[ServerPath] = Field(..., min_length=1, description="Files or archives under the server's import "
+                                                                   "root (at most SPEECHQ_MAX_JOB_FILES).")
+    name: JobName | None = None
+    channel_labels: ChannelLabels | None = None
+    language: Language | None = None
     use_itn: bool | None = None
+    redact: bool = Field(False, description="Redact PII (cards, phone numbers, e-mail addresses, numbers) from the "
+                                            "texts; see docs/METRICS.md.")
+    callback_url: str | None = Field(None, max_length=2048, description="http(s) URL that gets the job's final "
+                                     "status, signed (see README, Webhooks).", examples=["https://example.com/hook"])
 
 
 class FileError(BaseModel):
@@ -57,8 +73,10 @@ class JobStatus(BaseModel):
     errors: list[FileError] = Field([], description="Files that failed, or finished with a note (no speech).")
     skipped: list[SkippedFile] = []
     random_weights: bool = Field(False, description="True if the results come (or will come) from RANDOM weights.")
+    redact: bool = Field(False, description="PII redaction was asked: texts show placeholders such as [CARD].")
     warning: str | None = Field(None, description="Why a queued or running job is not moving, e.g. no live GPU "
                                                   "worker.")
+    callback_url: str | None = Field(None, description="Where the final status is POSTed when the job ends.")
 
 
 class ModelInfo(BaseModel):
@@ -66,6 +84,12 @@ class ModelInfo(BaseModel):
     revision: str | None
     sha256: str
     random_weights: bool
+
+
+class WordOut(BaseModel):
+    w: str = Field(description="The word as SenseVoice wrote it (pieces joined as funasr joins them).")
+    start_s: float = Field(description="Start in seconds of the file.")
+    end_s: float = Field(description="End in seconds of the file.")
 
 
 class SegmentOut(BaseModel):
@@ -80,6 +104,13 @@ class SegmentOut(BaseModel):
     emotion2vec_scores: dict[str, float] | None = Field(
         description="Probability of each emotion2vec+ class; its <unk> class is named 'unknown'.")
     state: str
+    loudness_lufs: float | None = Field(None, description="Integrated loudness (ITU-R BS.1770) of the segment; "
+                                       "None under 0.4 s.")
+    rms_dbfs: float | None = Field(None, description="RMS level of the segment in dBFS.")
+    words: list[WordOut] | None = Field(
+        None, description="Every word of `text` with its start and end in seconds of the file (funasr's "
+        "output_timestamp=True, 60 ms frames); None when not computed (SPEECHQ_WORD_TIMINGS=false) or when "
+        "the job asked for redaction.")
 
 
 class ChannelOut(BaseModel):
@@ -103,6 +134,9 @@ class FileOut(BaseModel):
     sha256: str | None
     duplicate_of: str | None = Field(None, description="Name of the file with the same audio; its results are shown.")
     channels: list[ChannelOut]
+    metrics: dict | None = Field(None, description="Call metrics of the file (talk time, silences, interruptions, "
+                                 "talk speed, loudness, emotion trend, language per channel), once its job has "
+                                 "ended; definitions in docs/METRICS.md.")
 
 
 class JobResults(BaseModel):

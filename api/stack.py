@@ -87,10 +87,11 @@ class Stack:
             self.env["REDIS_URL"] = url
         self.refuse_strays()
         migrate(s.database)
-        specs = [launcher.api(s.api_host, s.api_port), launcher.ingest_worker(self.ingest_concurrency)]
+        specs = [launcher.api(s.api_host, s.api_port), launcher.ingest_worker(self.ingest_concurrency),
+                 launcher.housekeeping_worker()]
         specs += launcher.gpu_workers(self.gpus or s.gpu_devices, prefetch=s.gpu_prefetch)
         if self.flower:
-            specs.append(launcher.flower(s.flower_port))
+            specs.append(launcher.flower(s.flower_port, launcher.flower_credentials(s)[0]))
         for spec in specs:
             self.spawn(spec)
         self.wait_api()
@@ -149,7 +150,8 @@ class Stack:
         raise StackFailed(f"the API did not answer within {timeout:.0f} s; see {api.log}")
 
     def supervise_once(self) -> None:
-        """Restart a process that exited (a GPU worker exits on a CUDA error by design), after a delay that
+        """Restart a process that exited (a GPU worker exits on a CUDA error by design, and runs its batches
+        in its own process, so any crash of it lands here), after a delay that
         grows with each restart; raise StackFailed when one exits more often than the budget allows."""
         now = time.monotonic()
         b = self.budget

@@ -56,7 +56,7 @@ def child(path: str, precision: str, automodel: bool) -> None:
     from workers.ingest import vad
     from shared.config import Settings
     from shared.storage import Spool, read_raw
-    from workers.ingest import check, decode_to_spool
+    from workers.ingest.files import check, decode_to_spool
 
     settings = Settings()
     max_ms = int(settings.max_segment_seconds * 1000)

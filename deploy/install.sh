@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what speechq needs on a fresh Debian/Ubuntu machine with Python 3.11: system packages
 # (ffmpeg; espeak-ng for the synthesised sample calls; with --test also Chromium for the /docs
-# browser test), then .venv with exactly the versions in uv.lock (hash-checked). `uv sync --locked`
-# refuses to install when uv.lock no longer matches pyproject.toml. Ends with `speechq selfcheck`,
+# browser test and PostgreSQL's server binaries for the chaos suite), then .venv with exactly the
+# versions in uv.lock (hash-checked). `uv sync --locked` refuses to install when uv.lock no longer
+# matches pyproject.toml. Ends with `speechq selfcheck`,
 # which loads torchaudio's native library and the VAD model and says plainly what is wrong.
 # Safe to run again: an existing .venv is brought back to the lock.
 set -euo pipefail
@@ -16,6 +17,8 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null || need+=(chromium)
+  # the chaos suite (tests/chaos) starts and restarts its own PostgreSQL cluster with initdb/pg_ctl
+  command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 fi
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 "$PY" -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)

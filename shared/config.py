@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -51,10 +51,38 @@ class Settings(BaseSettings):
     max_archive_bytes: int = 20 * 1024**3
     max_archive_ratio: float = 200.0
     max_archive_depth: int = Field(2, description="Archives inside archives, this many levels deep at most.")
+    max_job_files: int = Field(
+        20_000, ge=1, description="Files one job may hold: uploads, server paths and archive members together. "
+                                  "A submission over it is refused (422); an archive that would pass it fails "
+                                  "before any member is extracted.")
+    max_channels: int = Field(
+        4, ge=1, description="Channels a recording may have; more fails that file (each channel is decoded, "
+                             "segmented and recognised on its own).")
+    max_file_spool_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Spool one file's decoded audio may take (16 kHz float32, every channel: "
+                                       "64,000 bytes per channel-second; 2 GiB holds 4 h of stereo). Enforced "
+                                       "while decoding: the file fails as soon as it would pass it.")
+    max_job_spool_bytes: int = Field(
+        50 * 1024**3, ge=1, description="Spool a job's decoded audio may take at once; a file that would pass it "
+                                        "fails with the reason.")
+    body_min_bytes_per_second: float = Field(
+        16 * 1024, ge=0, description="A request body that arrives slower than this on average, after "
+                                     "body_grace_seconds, is cut off (408). 0 turns the deadline off.")
+    body_grace_seconds: float = Field(
+        30.0, gt=0, description="Seconds every request body may take whatever its rate (the slow-body deadline "
+                                "starts after them); also the longest wait for any one piece of a body.")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Request line and headers larger than this are refused (431).")
 
     channel_labels: str = "agent,customer"
     language: str = "auto"
     use_itn: bool = True
+    silence_threshold_seconds: float = Field(
+        3.0, gt=0, description="Call metrics: a gap in everyone's speech at least this long counts as a silence "
+                               "(count, total and longest per file; docs/METRICS.md).")
+    interruption_min_seconds: float = Field(
+        0.3, ge=0, description="Call metrics: an overlap begun by the later speaker counts as an interruption when "
+                               "it lasts at least this long (shorter ones are still listed as overlaps).")
 
     max_segment_seconds: float = 30.0
     batch_seconds: float = Field(1200.0, description="Padded audio seconds per GPU batch: large enough that the "
@@ -71,14 +99,62 @@ class Settings(BaseSettings):
                                   "bf16 or fp16). CUDA only: the CPU runs fp32 eager.")
     gpu_write_behind: bool = Field(True, description="Store a batch's results on a side thread while the GPU "
                                                      "runs the next batch.")
+    word_timings: bool = Field(False, description="Time every token and word of SenseVoice's transcript (funasr's "
+                               "output_timestamp=True: a CTC forced alignment on 60 ms frames), stored in the "
+                               "results as `words`. Off by default: the alignment runs on the GPU worker's host "
+                               "thread and cut the whole stack from 2,055x to 1,333x real time on an H100 "
+                               "(BENCHMARKS.md, End to end).")
     gpu_prefetch: int = Field(1, description="Messages a GPU worker reserves at once (contract 3 says 1).")
+    gpu_memory_gb: float | None = Field(
+        None, description="GPU memory (GiB) one GPU worker may use: its allocator is capped to it and each batch "
+                          "is cut into forwards that fit beside the weights (one that still runs out of memory is "
+                          "halved and run again). Unset: the card's memory less 1 GiB. A 16 GB card runs whole "
+                          "1,200 s batches; smaller budgets cut them.")
     gpu_devices: str | None = Field(None, description="Comma-separated CUDA device ids; all visible when unset.")
 
     task_deadline_seconds: float = 600.0
     reconcile_interval_seconds: float = 30.0
     max_attempts: int = 3
 
-    api_host: str = "127.0.0.1"
+    webhook_secret: str | None = Field(
+        None, description="HMAC-SHA256 key that signs webhook deliveries (header X-Speechq-Signature); a job may "
+                          "name a callback_url only when it is set.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="One webhook POST waits this long for an answer.")
+    webhook_backoff_seconds: float = Field(
+        10.0, gt=0, description="Wait before the first retry of a webhook that did not get a 2xx; doubled each "
+                                "attempt up to webhook_backoff_max_seconds.")
+    webhook_backoff_max_seconds: float = Field(3600.0, gt=0, description="Longest wait between two webhook attempts.")
+    webhook_max_attempts: int = Field(
+        30, ge=1, description="A webhook is given up (state failed, logged) after this many attempts without a 2xx "
+                              "(about a day at the default backoff).")
+    export_page_rows: int = Field(
+        2000, ge=1, le=100_000, description="Segments read from the database per page while an export streams: "
+                                            "an export holds one page in memory, never the whole job.")
+
+    db_pool_size: int = Field(10, ge=1, description="Database connections each process keeps open (SQLAlchemy "
+                              "pool_size); the API's requests each hold one only for their own short transaction.")
+    db_max_overflow: int = Field(20, ge=0, description="Connections opened beyond db_pool_size under a burst.")
+    db_pool_timeout_seconds: float = Field(10.0, gt=0, description="A request waits this long for a free database "
+                                           "connection, then the API answers 503 with Retry-After.")
+    db_retry_seconds: float = Field(5.0, ge=0, description="A new database connection (PostgreSQL restarting) is "
+                                    "retried for this long before the error is raised; the API then answers 503 "
+                                    "with Retry-After.")
+    upload_orphan_grace_seconds: float = Field(
+        3600.0, ge=0, description="The reconciler removes an upload folder in the spool that has no job, or whose job "
+                                  "ended, once nothing in it has changed for this long.")
+
+    api_key: SecretStr | None = Field(
+        None, description="The key the `speechq` CLI sends (Authorization: Bearer); create one with "
+                          "`speechq keys create`.")
+    flower_basic_auth: SecretStr | None = Field(
+        None, description="user:password that Flower asks for in `speechq up`; unset: a random password is "
+                          "written once to data_dir/flower-auth (user speechq) and `up` says where.")
+    retention_days: float | None = Field(
+        None, gt=0, description="Finished jobs (done, failed, cancelled) are deleted, rows and audio, this many "
+                                "days after they ended, by the reconciler. Unset: kept until deleted.")
+
+    api_host: str = Field("127.0.0.1", description="Where the API listens. Anything but loopback requires API "
+                                                   "keys: the API refuses to start while none exists.")
     api_port: int = 8000
     flower_port: int = 5555
     embedded_redis_port: int = 6399

@@ -4,17 +4,24 @@ means the GPU engine, workers.gpu.engine; SQLAlchemy's engines are called databa
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, retry_if_exception_type, stop_after_delay, wait_exponential
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# True where the code only reads (the API's GET requests): SQLite then begins a deferred transaction, which in WAL
+# mode never waits for the write lock, so status reads do not queue behind the workers' writes.
+READS_ONLY: ContextVar[bool] = ContextVar("speechq_db_reads_only", default=False)
 
 
 def connect(url: str) -> Engine:
@@ -22,7 +29,7 @@ def connect(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **_pool())
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - exercised by every SQLite test
@@ -36,10 +43,55 @@ def connect(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # writers queue up instead of failing on a stale snapshot
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if READS_ONLY.get() else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # pre-ping: a connection the server dropped (a PostgreSQL restart) is replaced, not handed to a request.
+    engine = create_engine(url, pool_pre_ping=True, **_pool())
+
+    @event.listens_for(engine, "do_connect")
+    def _patient_connect(dialect, _record, cargs, cparams):  # a restarting server: wait for it, briefly
+        for attempt in retrying(retry_on=dialect.loaded_dbapi.OperationalError):
+            with attempt:
+                return dialect.connect(*cargs, **cparams)
+
+    return engine
+
+
+def _pool() -> dict:
+    from shared.config import get_settings
+
+    s = get_settings()
+    return {"pool_size": s.db_pool_size, "max_overflow": s.db_max_overflow, "pool_timeout": s.db_pool_timeout_seconds}
+
+
+def unavailable(exc: BaseException) -> bool:
+    """True for a database that cannot be reached now (down, restarting, every pooled connection busy), as
+    opposed to a bad statement: worth a retry, and a 503 rather than a 500 when retries run out."""
+    if isinstance(exc, sa_exc.TimeoutError):  # the pool had no free connection in time
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    if isinstance(exc.orig, sqlite3.OperationalError):  # SQLite says "no such table" with this class too
+        return any(m in str(exc.orig) for m in ("database is locked", "unable to open database"))
+    return isinstance(exc, sa_exc.OperationalError)
+
+
+def retrying(seconds: float | None = None, retry_on: type[BaseException] | None = None) -> Retrying:
+    """A tenacity loop for a whole transaction (or, `retry_on` a driver's error, a new connection) that meets an
+    unreachable database: run again, with a short growing wait, for `seconds` (settings.db_retry_seconds);
+    then the last error is raised."""
+    if seconds is None:
+        from shared.config import get_settings
+
+        seconds = get_settings().db_retry_seconds
+    retry = retry_if_exception(unavailable) if retry_on is None else retry_if_exception_type(retry_on)
+    return Retrying(retry=retry, stop=stop_after_delay(seconds),
+                    wait=wait_exponential(multiplier=0.2, max=2), reraise=True,
+                    before_sleep=lambda state: log.warning(
+                        "database unavailable (%s), retrying", state.outcome.exception().__class__.__name__))
 
 
 @lru_cache

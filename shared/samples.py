@@ -57,6 +57,29 @@ def conversation(turns, rate: int = 16000, gap_s: float = 0.6) -> np.ndarray:
     return np.concatenate([lead, *parts], axis=1)
 
 
+def trimmed(utt: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    """An utterance without espeak's leading and trailing near-silence, so that its placement is its speech."""
+    loud = np.flatnonzero(np.abs(utt) > floor)
+    return utt[loud[0]:loud[-1] + 1] if loud.size else utt[:0]
+
+
+def placed_call(placements, rate: int = 16000, tail_s: float = 1.0
+                ) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
+    """A call whose truth is known: each (speaker, start_s, text) is spoken on its speaker's channel starting
+    exactly at start_s (turns may overlap: barge-ins; gaps are exact silences). Returns the (2, samples) audio and
+    the truth as (speaker, start_s, end_s) of each utterance's speech."""
+    utts = [(speaker, start_s, trimmed(speak(text, VOICES[speaker % len(VOICES)], rate)))
+            for speaker, start_s, text in placements]
+    end = max(int(round(start_s * rate)) + u.size for _, start_s, u in utts)
+    audio = np.zeros((2, end + int(tail_s * rate)), dtype=np.float32)
+    truth = []
+    for speaker, start_s, u in utts:
+        at = int(round(start_s * rate))
+        audio[speaker % 2, at:at + u.size] += u
+        truth.append((speaker, at / rate, (at + u.size) / rate))
+    return audio, truth
+
+
 def write(path: Path, audio: np.ndarray, rate: int, codec: str = "pcm_s16le", fmt: str | None = None) -> Path:
     """Encode (channels, samples) float32 audio at `rate` with ffmpeg (e.g. pcm_mulaw for G.711)."""
     channels = audio.shape[0] if audio.ndim == 2 else 1

@@ -80,10 +80,20 @@ class Job(Base):
     audio_seconds_total: Mapped[float] = mapped_column(Float, default=0.0)
     audio_seconds_done: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
+    owner_key_id: Mapped[str | None] = mapped_column(
+        String(32), index=True, doc="The API key that created the job (api_keys.id); NULL in keyless mode.")
+    idempotency_key: Mapped[str | None] = mapped_column(
+        String(255), unique=True, doc="The client's Idempotency-Key: a retried submission returns this job.")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    callback_url: Mapped[str | None] = mapped_column(
+        String(2048), doc="Where the job's final status is POSTed when it ends (shared/webhooks.py).")
+
+    redact: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default="0",
+        doc="PII redaction asked at submission: texts are redacted when the job ends (shared/analytics).")
 
     files: Mapped[list[File]] = relationship(back_populates="job", order_by="File.name")
 
@@ -171,6 +181,9 @@ class Segment(Base):
     channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), index=True)
     start_ms: Mapped[int] = mapped_column(Integer)
     end_ms: Mapped[int] = mapped_column(Integer)
+    loudness_lufs: Mapped[float | None] = mapped_column(
+        Float, doc="Integrated loudness (ITU-R BS.1770, pyloudnorm) of the segment's audio; None under 0.4 s or silent.")
+    rms_dbfs: Mapped[float | None] = mapped_column(Float, doc="RMS level of the segment's audio in dBFS.")
     state: Mapped[SegmentState] = mapped_column(_enum(SegmentState), default=SegmentState.pending)
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -195,6 +208,8 @@ class Batch(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), doc="When a GPU worker last claimed it: done minus this is its busy time.")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -230,6 +245,9 @@ class Result(Base):
     itn: Mapped[bool | None] = mapped_column(Boolean)
     emotion2vec_label: Mapped[str | None] = mapped_column(String(32))
     emotion2vec_scores: Mapped[dict | None] = mapped_column(JSON)
+    words: Mapped[list | None] = mapped_column(
+        JSON, doc='Word timings, [{"w": text, "start_s": s, "end_s": s}] in seconds of the file (funasr\'s '
+        "output_timestamp=True); None when the GPU worker ran without SPEECHQ_WORD_TIMINGS.")
     asr_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     emotion_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -237,3 +255,77 @@ class Result(Base):
     segment: Mapped[Segment] = relationship(back_populates="result")
     asr_model: Mapped[ModelVersion | None] = relationship(foreign_keys=[asr_model_id])
     emotion_model: Mapped[ModelVersion | None] = relationship(foreign_keys=[emotion_model_id])
+
+
+class DeliveryState(str, enum.Enum):
+    pending = "pending"
+    delivered = "delivered"
+    failed = "failed"  # gave up after SPEECHQ_WEBHOOK_MAX_ATTEMPTS
+
+
+class WebhookDelivery(Base):
+    """The webhook outbox: one row per POST to make, written in the transaction that ends the job, sent
+    (and retried with backoff until a 2xx) by the reconciler (shared/webhooks.py)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id, doc="The delivery id header.")
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    event: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text, doc="The JSON body, fixed when the row is written.")
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState), default=DeliveryState.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_status: Mapped[int | None] = mapped_column(Integer, doc="HTTP status of the last attempt.")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKey(Base):
+    """An API key: the secret itself is never stored, only its salted KDF hash (api/keys.py).
+
+    Rows are kept when a key is revoked, so that the jobs it owns still name it.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, doc="Public lookup id, the key's middle part.")
+    name: Mapped[str] = mapped_column(String(255))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, doc="Sees and manages every job, and health details.")
+    salt: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CallMetrics(Base):
+    """A file's call metrics (shared/analytics/metrics.py, docs/METRICS.md), written when its job ends."""
+
+    __tablename__ = "call_metrics"
+
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Redaction(Base):
+    """One PII span replaced in a segment's text (job option `redact`), with the time it covers in the audio:
+    the words' times where the segment has word timings, else the whole segment."""
+
+    __tablename__ = "redactions"
+    __table_args__ = (Index("ix_redactions_file", "file_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    segment_id: Mapped[str] = mapped_column(ForeignKey("segments.id", ondelete="CASCADE"))
+    channel_index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16), doc="CARD, PHONE, EMAIL or NUMBER.")
+    start_ms: Mapped[int] = mapped_column(Integer)
+    end_ms: Mapped[int] = mapped_column(Integer)
+    timing: Mapped[str] = mapped_column(String(16), doc="'words' (from word timings) or 'segment'.")

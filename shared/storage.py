@@ -47,6 +47,16 @@ class Spool:
         for kind in ("uploads", "audio"):
             shutil.rmtree(self.root / kind / job_id, ignore_errors=True)
 
+    def audio_folders(self) -> dict[str, Path]:
+        """Every job's folder of decoded audio on the spool: {job id: folder}."""
+        top = self.root / "audio"
+        return {p.name: p for p in top.iterdir() if p.is_dir()} if top.is_dir() else {}
+
+    def batch_files(self) -> list[Path]:
+        """Every file under batches/ (complete batches, their audio, and temporary files being written)."""
+        top = self.root / "batches"
+        return [p for p in top.iterdir() if p.is_file()] if top.is_dir() else []
+
     def redact(self, message: str, names: dict[str, str] | None = None) -> str:
         """An error message fit for the user: each server path in `names` becomes the name it was submitted as,
         and any other path under the spool becomes '<spool>'. Users never learn the server's layout."""
@@ -90,3 +100,26 @@ def read_batch(path: Path) -> dict[str, np.ndarray]:
 def remove_batch(path: Path) -> None:
     path.unlink(missing_ok=True)
     path.with_suffix(".f32").unlink(missing_ok=True)
+
+
+def clean_after_commit(db, job_id: str, root: Path) -> None:
+    """Remove the job's folders from the spool once `db`'s transaction commits (a job that ended: its audio
+    is no longer needed, whatever the way it ended). Nothing is removed if the transaction rolls back."""
+    from sqlalchemy import event
+
+    if not db.info.get("speechq_spool_listens"):
+        db.info["speechq_spool_listens"] = True
+
+        def commit(session) -> None:
+            if session.in_nested_transaction():
+                return  # a savepoint was released; the transaction that ends the job goes on
+            for job, spool_root in session.info.pop("speechq_spool_clean", {}).items():
+                Spool(spool_root).clean_job(job)
+
+        def rollback(session) -> None:
+            if not session.in_nested_transaction():
+                session.info.pop("speechq_spool_clean", None)
+
+        event.listen(db, "after_commit", commit)
+        event.listen(db, "after_rollback", rollback)
+    db.info.setdefault("speechq_spool_clean", {})[job_id] = root

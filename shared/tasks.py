@@ -16,6 +16,7 @@ INGEST_FILES = "workers.ingest.files.ingest_files"
 EXPAND_ARCHIVE = "workers.ingest.archives.expand_archive"
 RECONCILE = "workers.ingest.reconcile.reconcile"
 RUN_BATCH = "workers.gpu.tasks.run_batch"
+HOUSEKEEPING = "housekeeping"  # the reconciler's own queue: it never waits behind the ingest backlog
 REPR_CHARS = 1000  # what Flower shows of a task's arguments
 
 settings = get_settings()
@@ -28,7 +29,7 @@ app.conf.update(
     task_serializer="json",
     accept_content=["json"],
     task_default_queue="ingest",
-    task_routes={"workers.gpu.*": {"queue": "gpu"}},
+    task_routes={"workers.gpu.*": {"queue": "gpu"}, RECONCILE: {"queue": HOUSEKEEPING}},
     # Redelivery after a lost worker: longer than any task (GPU tasks take seconds).
     broker_transport_options={"visibility_timeout": 3600},
     broker_connection_retry_on_startup=True,
@@ -36,7 +37,10 @@ app.conf.update(
     task_send_sent_event=True,
     worker_hijack_root_logger=False,
     beat_schedule_filename=str(settings.data_dir.resolve() / "celerybeat-schedule"),  # not in the cwd
-    beat_schedule={"reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_seconds}},
+    # A reconcile not started within its interval is dropped: the next one does the same work.
+    beat_schedule={"reconcile": {"task": RECONCILE, "schedule": settings.reconcile_interval_seconds,
+                                 "options": {"queue": HOUSEKEEPING,
+                                             "expires": settings.reconcile_interval_seconds}}},
 )
 
 

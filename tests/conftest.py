@@ -98,6 +98,11 @@ def database_url(request, tmp_path_factory) -> str:
     _drop_postgres(url)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "chaos: the chaos suite (tests/chaos): real processes killed mid-work, "
+                                       "every row checked afterwards")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA: skipped with the reason elsewhere (run them on the GPU machine)."""
     import torch

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import os
 
-from celery.signals import after_setup_logger, beat_embedded_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (after_setup_logger, beat_embedded_init, worker_init, worker_process_init, worker_ready,
+                            worker_shutdown)
 
 from shared import heartbeat, logs
 from shared.config import get_settings
 from shared.orphans import die_with_parent
-from shared.tasks import app
+from shared.tasks import HOUSEKEEPING, app
 
 _heartbeat: heartbeat.Heartbeat | None = None
+_worker_pid: int | None = None  # the worker's main process (pool children are forked from it)
 
 
 def worker_role() -> str:
-    """`gpu` or `ingest`: SPEECHQ_WORKER_ROLE, else what the worker consumes (-Q)."""
+    """`gpu`, `ingest` or `housekeeping` (the reconciler's consumer, which sends no heartbeat):
+    SPEECHQ_WORKER_ROLE, else what the worker consumes (-Q)."""
     role = os.environ.get("SPEECHQ_WORKER_ROLE")
-    if role in heartbeat.ROLES:
+    if role in (*heartbeat.ROLES, HOUSEKEEPING):
         return role
-    return "gpu" if "gpu" in app.amqp.queues.consume_from else "ingest"
+    queues = set(app.amqp.queues.consume_from)
+    if "gpu" in queues:
+        return "gpu"
+    return HOUSEKEEPING if queues == {HOUSEKEEPING} else "ingest"
 
 
 @after_setup_logger.connect
@@ -28,8 +34,16 @@ def _logging(logger, **_kwargs):
     logs.setup()
 
 
+@worker_init.connect
+def _remember_the_worker(**_kwargs):
+    global _worker_pid
+    _worker_pid = os.getpid()
+
+
 @worker_process_init.connect
 def _pool_child_dies_with_worker(**_kwargs):
+    if os.getpid() == _worker_pid:
+        return  # the solo pool (GPU, housekeeping) sends this in the worker itself: not a pool child
     # Celery's prefork initializer asks for this too; said here as well because a pool child that
     # outlives its worker would keep consuming from the next stack's broker with old code.
     die_with_parent()

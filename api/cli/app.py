@@ -24,6 +24,12 @@ def api_url(url: str | None) -> str:
     return url or f"http://{s.api_host}:{s.api_port}"
 
 
+def auth_headers() -> dict[str, str]:
+    """The Authorization header for SPEECHQ_API_KEY, or none (keyless loopback mode)."""
+    key = get_settings().api_key
+    return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     logs.setup("DEBUG" if verbose else None)

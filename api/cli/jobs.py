@@ -6,6 +6,7 @@ import enum
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,8 +15,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from api.cli.app import ApiOpt, api_url, app, console
+from api.cli.app import ApiOpt, api_url, app, auth_headers, console
 
 
 class ExitCode(enum.IntEnum):
@@ -29,6 +31,7 @@ class ExitCode(enum.IntEnum):
     TIMEOUT = 7  # still running when the wait ended
 
 
+SUBMIT_RETRY_S = 30  # how long `submit` retries a lost connection or a 503 before it gives up
 EXIT_CODES = ("Exit codes: 0 done, or still running; 1 API unreachable or in error; 2 wrong usage; 3 no such job; "
               "4 job failed; 5 some files failed; 6 cancelled.")
 
@@ -60,9 +63,10 @@ def finish(st: dict) -> None:
 def get_json(url: str, job_id: str, path: str = "", timeout: float = 60) -> dict:
     """GET /v1/jobs/{id}{path}; a missing job, an unreachable API or an error answer end the command."""
     try:
-        r = httpx.get(f"{url}/v1/jobs/{job_id}{path}", timeout=timeout)
+        r = httpx.get(f"{url}/v1/jobs/{job_id}{path}", headers=auth_headers(), timeout=timeout)
     except httpx.HTTPError as exc:
         raise fail(ExitCode.API_ERROR, f"cannot reach the API at {url}: {exc}") from None
+    unauthorized(r)
     if r.status_code == 404:
         raise fail(ExitCode.NOT_FOUND, f"no job {job_id}")
     if r.status_code != 200:
@@ -70,17 +74,49 @@ def get_json(url: str, job_id: str, path: str = "", timeout: float = 60) -> dict
     return r.json()
 
 
-def submit_paths(api: str, paths: list[Path], labels: str | None, language: str | None, name: str | None) -> dict:
-    files = [("files", (p.name, open(p, "rb"))) for p in paths]
+class _Unavailable(Exception):
+    """A 503 from the API (its database restarting, or overloaded): worth another try."""
+
+
+def unauthorized(r: httpx.Response) -> None:
+    """A 401 ends the command with what to set."""
+    if r.status_code == 401:
+        raise fail(ExitCode.API_ERROR, "the API needs a valid API key: set SPEECHQ_API_KEY to one that "
+                                       "`speechq keys create` printed")
+
+
+def submit_paths(api: str, paths: list[Path], labels: str | None, language: str | None, name: str | None,
+                 redact: bool = False) -> dict:
+    """Upload `paths` as one job. One Idempotency-Key for this call: a request retried after a lost connection
+    or a 503 returns the job the first one created, never a second job."""
     data = {k: v for k, v in {"channel_labels": labels, "language": language, "name": name}.items() if v}
+    if redact:
+        data["redact"] = "true"
+    headers = {"Idempotency-Key": str(uuid.uuid4()), **auth_headers()}
+
+    def post() -> httpx.Response:
+        files = [("files", (p.name, open(p, "rb"))) for p in paths]
+        try:
+            r = httpx.post(f"{api}/v1/jobs", files=files, data=data, headers=headers, timeout=600)
+        finally:
+            for _, (_, f) in files:
+                f.close()
+        if r.status_code == 503:
+            raise _Unavailable(r.text[:300])
+        unauthorized(r)
+        return r
+
+    retry = Retrying(retry=retry_if_exception_type((httpx.TransportError, _Unavailable)),
+                     stop=stop_after_delay(SUBMIT_RETRY_S), wait=wait_exponential(multiplier=0.5, max=10),
+                     reraise=True, before_sleep=lambda state: typer.echo(
+                         f"speechq: {state.outcome.exception() or 'no answer'}; trying again", err=True))
     try:
-        r = httpx.post(f"{api}/v1/jobs", files=files, data=data, timeout=600)
+        r = retry(post)
     except httpx.HTTPError as exc:
         raise fail(ExitCode.API_ERROR, f"cannot reach the API at {api}: {exc}") from None
-    finally:
-        for _, (_, f) in files:
-            f.close()
-    if r.status_code != 201:
+    except _Unavailable as exc:
+        raise fail(ExitCode.API_ERROR, f"the API is unavailable: {exc}") from None
+    if r.status_code not in (200, 201):
         raise typer.BadParameter(f"the API refused the job ({r.status_code}): {r.text}")
     return r.json()
 
@@ -178,10 +214,12 @@ def submit(paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=Fal
            labels: Annotated[Optional[str], typer.Option(help="Channel labels, e.g. agent,customer")] = None,
            language: Annotated[Optional[str], typer.Option(help="auto, en, zh, yue, ja, ko")] = None,
            name: Annotated[Optional[str], typer.Option()] = None,
+           redact: Annotated[bool, typer.Option(help="Redact PII (cards, phones, e-mails, numbers) from the texts")
+                             ] = False,
            api: ApiOpt = None) -> None:
     """Upload files or archives as one job."""
     url = api_url(api)
-    job = submit_paths(url, paths, labels, language, name)
+    job = submit_paths(url, paths, labels, language, name, redact=redact)
     console.print(f"job [bold]{job['id']}[/] queued: {len(paths)} upload(s)")
     if wait:
         st = wait_for(url, job["id"])
@@ -210,3 +248,19 @@ def results(job_id: str, as_json: Annotated[bool, typer.Option("--json", help="T
     else:
         st = show_results(url, job_id, limit=None)
     finish(st)
+
+
+@app.command(epilog=EXIT_CODES)
+def delete(job_id: str, api: ApiOpt = None) -> None:
+    """Delete a job for good: its results, rows and audio everywhere (a running job is cancelled first)."""
+    url = api_url(api)
+    try:
+        r = httpx.delete(f"{url}/v1/jobs/{job_id}", headers=auth_headers(), timeout=120)
+    except httpx.HTTPError as exc:
+        raise fail(ExitCode.API_ERROR, f"cannot reach the API at {url}: {exc}") from None
+    unauthorized(r)
+    if r.status_code == 404:
+        raise fail(ExitCode.NOT_FOUND, f"no job {job_id}")
+    if r.status_code != 204:
+        raise fail(ExitCode.API_ERROR, f"the API answered {r.status_code}: {r.text[:300]}")
+    console.print(f"job {job_id} deleted")

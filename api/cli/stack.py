@@ -32,7 +32,7 @@ def up(gpus: Annotated[Optional[str], typer.Option(help="CUDA device ids, e.g. 0
     stack = Stack(settings, gpus=gpus, flower=flower)
     _run(stack, lambda: console.print(
         f"[green]speechq is up[/]: API {stack.api_url}/docs"
-        + (f", Flower http://127.0.0.1:{settings.flower_port}" if flower else "")
+        + (f", Flower http://127.0.0.1:{settings.flower_port} ({_flower_login(settings)})" if flower else "")
         + f"; logs in {stack.log_dir}  (Ctrl-C stops)", highlight=False))
 
 
@@ -48,6 +48,14 @@ def selfcheck() -> None:
     console.print(table)
     if _report(preflight.failures(checks)):
         raise typer.Exit(1)
+
+
+def _flower_login(settings) -> str:
+    from api.launcher import flower_credentials
+
+    credentials, path = flower_credentials(settings)
+    user = credentials.split(":", 1)[0]
+    return f"user {user}, password in {path}" if path else f"user {user}, password from SPEECHQ_FLOWER_BASIC_AUTH"
 
 
 def _preflight(settings, flower: bool) -> None:
@@ -126,7 +134,8 @@ def demo(size: Annotated[str, typer.Option(help="Random model size if no models 
             stack.run_forever()
 
     _run(stack, lambda: console.print(f"[green]stack up[/]: API {stack.api_url}/docs, "
-                                      f"Flower http://127.0.0.1:{settings.flower_port}"), work)
+                                      f"Flower http://127.0.0.1:{settings.flower_port} ({_flower_login(settings)})"),
+         work)
 
 
 def _ensure_models(size: str) -> None:

@@ -1,7 +1,9 @@
 """/v1/health: the database, the broker, and the workers alive by role (from their heartbeats).
 
 HTTP 503 when the API itself cannot work (database or broker unreachable); 200 otherwise, with
-status "degraded" and the reasons when jobs would be accepted but not processed.
+status "degraded" and the reasons when jobs would be accepted but not processed. The details (database
+errors, reasons, the worker list) go to admin callers only (an admin key, or keyless loopback mode);
+anyone else gets the status alone.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from fastapi import APIRouter, Response, status
 from sqlalchemy import text
 
+from api.auth import CallerDep
 from api.deps import SessionDep, SettingsDep
 from shared import broker, heartbeat
 
@@ -20,7 +23,7 @@ UNREACHABLE = "error: unreachable"
 
 
 @router.get("/health", summary="Database, broker and workers")
-def health(db: SessionDep, settings: SettingsDep, response: Response):
+def health(db: SessionDep, settings: SettingsDep, response: Response, who: CallerDep):
     checks = {"database": "ok", "broker": "ok"}
     try:
         db.execute(text("SELECT 1"))
@@ -41,6 +44,8 @@ def health(db: SessionDep, settings: SettingsDep, response: Response):
         reasons += _worker_reasons(by_role)
     if checks["database"] != "ok" or checks["broker"] != "ok":
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    if who is None or not who.admin:
+        return {"status": "degraded" if reasons else "ok"}
     return {"status": "degraded" if reasons else "ok", "reason": "; ".join(reasons) or None, **checks,
             "workers": by_role}
 

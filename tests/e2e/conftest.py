@@ -62,9 +62,10 @@ def api(database_url, redis_url, models_dir, tmp_path_factory):
     env = {
         "SPEECHQ_DATA_DIR": str(data), "DATABASE_URL": database_url, "REDIS_URL": broker,
         "SPEECHQ_MODELS_DIR": str(models_dir), "SPEECHQ_API_PORT": str(free_port()),
-        "SPEECHQ_IMPORT_ROOT": str(imports), "SPEECHQ_BATCH_SECONDS": "60",
+        "SPEECHQ_IMPORT_ROOT": str(imports), "SPEECHQ_BATCH_SECONDS": "60", "SPEECHQ_WORD_TIMINGS": "true",
         "SPEECHQ_RECONCILE_INTERVAL_SECONDS": "5", "SPEECHQ_BATCH_FLUSH_SECONDS": "2",
         "SPEECHQ_TASK_DEADLINE_SECONDS": "30",
+        "SPEECHQ_WEBHOOK_SECRET": "e2e-webhook-secret", "SPEECHQ_WEBHOOK_BACKOFF_SECONDS": "1",
     }
     with mock.patch.dict(os.environ, env):
         stack = Stack(Settings(), flower=False, ingest_concurrency=2)

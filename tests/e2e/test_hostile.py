@@ -92,3 +92,48 @@ def test_errors_name_the_file_as_submitted(api, tmp_path):
     assert errors["call-0002.wav"] == "a text file, not audio"
     assert all(e.startswith(("not a readable audio file", "decode failed")) for n, e in errors.items()
                if n != "call-0002.wav"), errors
+
+
+def test_hostile_audio_and_archives_end_as_per_file_errors(api, tmp_path):
+    """Issue 14 through the whole stack: files that try to make ffmpeg read a server file, a recording with too
+    many channels, a tar bomb and a member name longer than the database column. Each is a per-file error that
+    names it as submitted, the job ends, and the server file is never opened."""
+    import tarfile
+
+    from tests.unit.ingest.test_decode_hostile import Secret, _hls
+
+    ts = tmp_path / "real.ts"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=300:duration=3",
+                    "-f", "mpegts", str(ts)], check=True)
+    secret = Secret(tmp_path / "customer-calls.ts", ts.read_bytes())
+    try:
+        (tmp_path / "x.wav").write_bytes(_hls(f"file://{secret.path}"))
+        (tmp_path / "concat.wav").write_bytes(f"ffconcat version 1.0\nfile '{secret.path}'\n".encode())
+        eight = samples.write(tmp_path / "eight.flac", 0.05 * np.ones((8, 8000), np.float32), 8000, codec="flac")
+        with tarfile.open(tmp_path / "bomb.tar.xz", "w:xz") as tf:
+            info = tarfile.TarInfo("zeros.wav")
+            info.size = 8 << 20
+            tf.addfile(info, io.BytesIO(b"\0" * info.size))
+        with tarfile.open(tmp_path / "long.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+            for name, data in (("d/" * 400 + "x" * 300 + ".wav", b"RIFF" * 10),
+                               ("ok.wav", _wav_bytes(np.zeros(800), 8000))):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+        job = api.submit([tmp_path / "x.wav", tmp_path / "concat.wav", eight, tmp_path / "bomb.tar.xz",
+                          tmp_path / "long.tar"])
+        st = api.wait(job["id"])
+    finally:
+        read = secret.close()
+    assert read == 0, "ffmpeg opened a server file named by an upload"
+    assert st["state"] in ("done", "failed")
+    errors = {e["name"]: e["error"] for e in st["errors"]}
+    assert errors["x.wav"].startswith("not an audio file: ffmpeg sees a playlist (hls)")
+    assert errors["concat.wav"].startswith("not an audio file: ffmpeg sees a concat script")
+    assert errors["eight.flac"] == "8 channels, over the limit of 4 (SPEECHQ_MAX_CHANNELS)"
+    assert "SPEECHQ_MAX_ARCHIVE_RATIO" in errors["bomb.tar.xz"]
+    (long_name,) = [n for n in errors if n.startswith("long.tar/d/")]
+    assert "longer than the limit of 1024" in errors[long_name]
+    server_paths = (str(api.stack.settings.data_dir.resolve()), str(api.stack.settings.spool), str(tmp_path))
+    text = api.http.get(f"/v1/jobs/{job['id']}/results").text + str(st)
+    assert not [p for p in server_paths if p in text]

@@ -49,6 +49,9 @@ def _check_complete(api, job_id: str) -> dict:
                 assert "<unk>" not in s["emotion2vec_scores"] and len(s["emotion2vec_scores"]) == 9
                 assert s["emotion2vec_label"] in s["emotion2vec_scores"]
                 assert abs(sum(s["emotion2vec_scores"].values()) - 1.0) < 1e-3
+                # word timings (on by default), in seconds of the file, within the segment and its last frame
+                assert isinstance(s["words"], list)
+                assert all(s["start_s"] <= w["start_s"] <= w["end_s"] <= s["end_s"] + 0.06 for w in s["words"])
                 ids.add(s["id"])
     assert ids == {s["id"] for f in api.results(job_id)["files"] if f["state"] == "done" and not f["duplicate_of"]
                    for c in f["channels"] for s in c["segments"]}, "segment ids are stable"

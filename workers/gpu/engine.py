@@ -16,6 +16,7 @@ from shared.models import registry
 from workers.models.emotion2vec import Emotion2vec, EmotionPending, EmotionScores
 from workers.models.sensevoice import Pending, SenseVoice, Transcript
 from workers.runtime.compiling import compiled
+from workers.runtime import memory
 from workers.runtime.graphs import GraphCache
 from workers.runtime.options import Options
 from workers.runtime.staging import stage, upload
@@ -60,7 +61,7 @@ def build_models(sv_automodel, e2v_automodel, device: torch.device,
     """Both batched forwards on `device`, optimised as `options` say."""
     if device.type == "cuda":  # before compiling: the attention backend is chosen at trace time
         torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN plans anew for every batch shape (BENCHMARKS.md)
-    sensevoice = SenseVoice(sv_automodel, device, options.torch_dtype, packed=options.packed)
+    sensevoice = SenseVoice(sv_automodel, device, options.torch_dtype, packed=options.packed, timings=options.timings)
     emotion = Emotion2vec(e2v_automodel, device, options.torch_dtype)
     optimise(sensevoice, emotion, options)
     return sensevoice, emotion
@@ -71,9 +72,17 @@ class Engine:
         self.device = device or torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
         self.options = options.validated(self.device)
         started = time.perf_counter()
+        budget = memory.apply(self.device, self.options.memory_gb) if self.device.type == "cuda" else None
         sv = registry.load_automodel(sensevoice_dir, device=str(self.device))
         e2v = registry.load_automodel(emotion2vec_dir, device=str(self.device))
         self.sensevoice, self.emotion = build_models(sv, e2v, self.device, self.options)
+        # seconds of audio per forward: the whole batch unless the memory budget says less
+        self.chunk_seconds = self.options.batch_seconds
+        if budget is not None:
+            weights = torch.cuda.memory_allocated(self.device)
+            self.chunk_seconds = budget.chunk_seconds(weights, self.options.batch_seconds,
+                                                      self.options.max_segment_seconds)
+            log.info("weights %.2f GiB; up to %.0f s of audio per forward", weights / memory.GIB, self.chunk_seconds)
         self.provenance = {
             "asr": registry.provenance(registry.SENSEVOICE, sensevoice_dir),
             "emotion": registry.provenance(registry.EMOTION2VEC, emotion2vec_dir),
@@ -93,7 +102,7 @@ class Engine:
         longest = self.options.max_segment_seconds
         shapes = [(2, 1.0, 1 / 3), (5, longest / 3, 1 / 3)]
         if self.options.compile != "off":
-            shapes += [(11, longest, 1 / 3), (max(int(self.options.batch_seconds // longest), 11), longest, 1)]
+            shapes += [(11, longest, 1 / 3), (max(int(self.chunk_seconds // longest), 11), longest, 1)]
         for n, top, low in shapes:
             # the last: equal lengths, so that emotion2vec runs it as one run of the whole budget
             seconds = np.linspace(top, top * low, n) + rng.uniform(0, 0.05, n) * (low < 1)
@@ -103,9 +112,31 @@ class Engine:
     def run(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> list[SegmentResult]:
         return self.submit(wavs, languages, itn).results()
 
-    def submit(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> InFlight:
+    def submit(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> InFlight | Chunked:
         """Queue both models on the device and return at once: the audio goes up once for both, and
-        the host is free to fetch and stage the next batch while the device works."""
+        the host is free to fetch and stage the next batch while the device works. A batch larger than
+        the memory budget's forward runs as several; one that runs out of memory is halved."""
+        seconds = np.array([len(w) for w in wavs], dtype=np.float64) / 16000
+        parts = memory.chunks(seconds, self.chunk_seconds)
+        if len(parts) <= 1:
+            return self._fitting(wavs, languages, itn)
+        return Chunked([self._fitting(wavs[p], languages[p], itn[p]) for p in parts])
+
+    def _fitting(self, wavs, languages, itn) -> InFlight | Chunked:
+        try:
+            return self._launch(wavs, languages, itn)
+        except torch.OutOfMemoryError:
+            if len(wavs) < 2:
+                raise
+        # outside the except block: its traceback (and the failed forward's tensors) is gone by now
+        torch.cuda.empty_cache()
+        half = len(wavs) // 2
+        log.warning("out of GPU memory on %d segments (%.0f s of audio): running them as two halves",
+                    len(wavs), sum(len(w) for w in wavs) / 16000)
+        return Chunked([self._fitting(wavs[:half], languages[:half], itn[:half]),
+                        self._fitting(wavs[half:], languages[half:], itn[half:])])
+
+    def _launch(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> InFlight:
         if not wavs:
             return InFlight(None, None, Span.start(self.device))
         staged = stage(wavs, self.device)
@@ -163,8 +194,20 @@ class InFlight:
     def results(self) -> list[SegmentResult]:
         if self.tokens is None:
             return []
-        transcripts = self.tokens.model.decode(self.tokens.rows())
+        transcripts = self.tokens.transcripts()
         return [SegmentResult(t, e) for t, e in zip(transcripts, self.emotions.results())]
+
+
+@dataclass
+class Chunked:
+    """A batch run as several forwards, in order."""
+    parts: list[InFlight | Chunked]
+
+    def device_seconds(self) -> float:
+        return sum(p.device_seconds() for p in self.parts)
+
+    def results(self) -> list[SegmentResult]:
+        return [r for p in self.parts for r in p.results()]
 
 
 @contextmanager
@@ -173,6 +216,8 @@ def exit_on_cuda_error():
     worker (unacked messages are redelivered; a batch left `running` is re-run by the reconciler)."""
     try:
         yield
+    except torch.OutOfMemoryError:
+        raise  # the device is still usable: the batch is retried (Engine.submit halves it first)
     except RuntimeError as exc:
         if "CUDA" in str(exc) or "cuda" in str(exc):
             log.critical("CUDA error, exiting so that the supervisor restarts this worker: %s", exc)

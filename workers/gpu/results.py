@@ -75,10 +75,20 @@ def store(batch: Batch, ids: list[str], flight, engine, timing: tuple[float, flo
              flight.device_seconds(), t4 - t3, t5 - t4)
 
 
+def file_words(words, start_s: float) -> list[dict] | None:
+    """A segment's word timings in seconds of the file (ms precision), as results.words stores them."""
+    if words is None:
+        return None
+    return [{"w": w.text, "start_s": round(start_s + w.start_s, 3), "end_s": round(start_s + w.end_s, 3)}
+            for w in words]
+
+
 def write_results(batch_id: str, ids: list[str], results, engine) -> list[str]:
     """One transaction: results replace any earlier ones for these segments (idempotent)."""
     with session_scope() as db:
-        jobs = dict(db.execute(select(Segment.id, Segment.job_id).where(Segment.id.in_(ids))).all())
+        found = db.execute(select(Segment.id, Segment.job_id, Segment.start_ms).where(Segment.id.in_(ids))).all()
+        jobs = {sid: job_id for sid, job_id, _ in found}
+        starts = {sid: start_ms / 1000 for sid, _, start_ms in found}
         progress.lock_jobs(db, jobs.values())
         cancelled = set(db.scalars(select(Job.id).where(Job.id.in_(set(jobs.values())),
                                                         Job.state == JobState.cancelled)))
@@ -88,7 +98,7 @@ def write_results(batch_id: str, ids: list[str], results, engine) -> list[str]:
             {"segment_id": sid, "job_id": jobs[sid], "text": r.transcript.text, "language": r.transcript.language,
              "emotion": r.transcript.emotion, "event": r.transcript.event, "itn": r.transcript.itn,
              "emotion2vec_label": r.emotion.label, "emotion2vec_scores": r.emotion.scores,
-             "asr_model_id": asr_id, "emotion_model_id": emo_id}
+             "words": file_words(r.transcript.words, starts[sid]), "asr_model_id": asr_id, "emotion_model_id": emo_id}
             for sid, r in zip(ids, results) if sid in jobs and jobs[sid] not in cancelled
         ]
         db.execute(delete(Result).where(Result.segment_id.in_(ids)))

@@ -1,7 +1,8 @@
 """The GPU task, queue "gpu": one worker process per device runs batch after batch through the engine.
 
-The parent Celery process never touches CUDA: models load in the pool child on its first task
-(or at start, through worker_process_init), once.
+The worker runs in the solo pool (api.launcher): one process loads the models at start (through
+worker_process_init, which the solo pool sends in the worker itself) and runs every batch, so a crash ends
+the worker and its supervisor restarts it; nothing forks after CUDA is initialised.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutdown
 from sqlalchemy import select, update
 
 from shared import claims, heartbeat, progress, tasks
@@ -94,7 +95,8 @@ def _mark_waiting_jobs(message: str) -> None:
 _write_behind = results.WriteBehind()
 
 
-@worker_process_shutdown.connect
+@worker_process_shutdown.connect  # a prefork pool child
+@worker_shutdown.connect  # the solo pool: the worker itself
 def _flush_writes(**_kwargs):
     _write_behind.wait()
     if _heartbeat is not None:
@@ -103,12 +105,14 @@ def _flush_writes(**_kwargs):
 
 def claim_batch(batch_id: str, worker: str):
     with session_scope() as db:
-        if not claims.claim(db, Batch, batch_id, BatchState.queued, BatchState.running, worker=worker):
+        if not claims.claim(db, Batch, batch_id, BatchState.queued, BatchState.running, worker=worker,
+                            started_at=utcnow()):  # done minus started: the GPU worker's busy time (/metrics)
             return None
         batch = db.get(Batch, batch_id)
-        error = claims.gave_up(batch)
+        error = claims.gave_up(batch, "its worker died on it each time, or its results could not be stored")
         if error:
             fail_batch(db, batch, error)
+            remove_batch(Path(batch.path))
             return None
         db.expunge(batch)
         return batch
@@ -164,6 +168,7 @@ def run_batch(self, batch_id: str) -> None:
     except (OSError, ValueError) as exc:
         with session_scope() as db:
             fail_batch(db, db.get(Batch, batch_id), f"batch audio unreadable: {exc}")
+        remove_batch(Path(batch.path))
         return
     offsets = data["offsets"]
     wavs = [data["audio"][offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]

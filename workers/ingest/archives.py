@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 
 
+# Longest name a file row holds (archive/member as submitted); longer member names fail that member alone.
+NAME_LIMIT = File.__table__.c.name.type.length
+
+
 class MemberRejected(Exception):
     pass
 
@@ -62,6 +66,50 @@ def _copy(src, dst: Path, limit: int) -> tuple[int, str]:
             h.update(chunk)
             out.write(chunk)
     return n, h.hexdigest()
+
+
+def census(path: Path, max_members: int, budget: int, ratio: float) -> int:
+    """Count an archive's members and add up their sizes from its headers before any member is written, and
+    refuse it whole (ArchiveRejected) over the member limit, the byte budget or, for a compressed tar, the
+    compression ratio. A tar is read header by header and its members' sizes are added before their data is
+    passed over, so a bomb is never decompressed past the limits. Returns the number of members."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            entries = [i for i in zf.infolist() if not i.is_dir()]
+        if len(entries) > max_members:
+            raise ArchiveRejected(f"{len(entries)} members, over the limit of {max_members} "
+                                  "(SPEECHQ_MAX_ARCHIVE_MEMBERS); nothing was extracted")
+        total = sum(i.file_size for i in entries)
+        if total > budget:
+            raise ArchiveRejected(_over_budget(total, budget))
+        return len(entries)
+    size = path.stat().st_size
+    limit = min(budget, int(ratio * max(size, 1)))
+    count, total = 0, 0
+    try:
+        with tarfile.open(path, mode="r|*") as tf:
+            for info in tf:
+                if info.isdir():
+                    continue
+                count += 1
+                if count > max_members:
+                    raise ArchiveRejected(f"more than {max_members} members (SPEECHQ_MAX_ARCHIVE_MEMBERS); "
+                                          "nothing was extracted")
+                total += info.size if info.isfile() else 0
+                if total > budget:
+                    raise ArchiveRejected(_over_budget(total, budget))
+                if total > limit:
+                    raise ArchiveRejected(
+                        f"members expand to more than {ratio:.0f} times the archive's {size} bytes "
+                        f"(SPEECHQ_MAX_ARCHIVE_RATIO={ratio:g}); nothing was extracted")
+    except tarfile.TarError as exc:
+        raise ArchiveRejected(f"not a readable zip or tar archive: {exc}") from None
+    return count
+
+
+def _over_budget(total: int, budget: int) -> str:
+    return (f"members add up to at least {total} bytes, over the budget of {budget} bytes left to this upload "
+            "(SPEECHQ_MAX_ARCHIVE_BYTES); nothing was extracted")
 
 
 def members(path: Path):
@@ -116,6 +164,7 @@ def expand_archive(archive_id: str) -> None:
             progress.settle(db, [archive.job_id])
         if job.state == JobState.queued:
             job.state, job.started_at = JobState.running, utcnow()
+        job_files = job.files_total or 0
         db.expunge(archive)
     if given_up:
         raise progress.FilesFailed.of([(archive.name, given_up)], 1)
@@ -123,14 +172,23 @@ def expand_archive(archive_id: str) -> None:
     budget = archive.budget_bytes if archive.budget_bytes is not None else settings.max_archive_bytes
     total, count, error, new, nested = 0, 0, None, [], []
     try:
+        expected = census(Path(archive.path), settings.max_archive_members, budget, settings.max_archive_ratio)
+        if job_files + expected > settings.max_job_files:
+            raise ArchiveRejected(f"its {expected} members would bring the job to {job_files + expected} files, "
+                                  f"over the limit of {settings.max_job_files} (SPEECHQ_MAX_JOB_FILES); "
+                                  "nothing was extracted")
         for index, (name, opener) in enumerate(members(Path(archive.path))):
             count += 1
             if count > settings.max_archive_members:
                 raise ArchiveRejected(f"more than {settings.max_archive_members} members")
             fid = file_id(archive_id, index)
+            full = f"{archive.name}/{printable(name)}"
             row = {"id": fid, "job_id": archive.job_id, "archive_id": archive_id,
-                   "name": f"{archive.name}/{printable(name)}", "path": ""}
+                   "name": full if len(full) <= NAME_LIMIT else full[:NAME_LIMIT - 1] + "\u2026", "path": ""}
             try:
+                if len(full) > NAME_LIMIT:
+                    raise MemberRejected(f"member name of {len(full)} characters (with the archive's name) is "
+                                         f"longer than the limit of {NAME_LIMIT}; shown cut short")
                 member = safe_name(name)
                 row["name"] = f"{archive.name}/{member}"
                 reason = formats.sidecar(member)

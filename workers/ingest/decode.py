@@ -2,11 +2,17 @@
 
 libsndfile (soundfile) reads WAV (PCM, float, G.711, GSM 6.10), FLAC, OGG/Opus and MP3 in-process;
 everything else (M4A/AAC, raw GSM, AMR, video containers, ...) goes through ffmpeg (ffmpeg-python).
+
+ffmpeg reads only the file it is given: its protocols are limited to `file` (no http, no pipes, no
+crypto or concat URLs) and its demuxers to audio and audio/video containers (DEMUXERS). Playlists
+(HLS, DASH), concat scripts, image sequences, subtitles and text are refused before a byte of anything
+they name is opened.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +31,23 @@ class AudioError(Exception):
 
 
 TEXT_PROBE_BYTES = 4096
+
+# Demuxers that read one self-contained audio (or audio/video) file and never open another file or URL.
+# Not here on purpose: hls, dash, webm_dash_manifest (playlists), concat, image2 and the *_pipe image
+# demuxers, subtitle and text demuxers (srt, ass, webvtt, tty, ...), lavfi, devices, raw PCM (no header).
+DEMUXERS = (
+    "aac", "ac3", "aiff", "amr", "amrnb", "amrwb", "ape", "asf", "au", "avi", "caf", "dsf", "dts", "dtshd", "eac3",
+    "flac", "flv", "g722", "g723_1", "g726", "g726le", "g729", "gsm", "ilbc", "ircam", "loas", "matroska", "mlp",
+    "mmf", "mov", "mp3", "mpc", "mpc8", "mpeg", "mpegts", "nistsphere", "ogg", "oma", "qcp", "rm", "shn", "sox",
+    "tak", "truehd", "tta", "voc", "w64", "wav", "wv", "xwma",
+)
+# Input options of every ffmpeg and ffprobe run: the upload's bytes and nothing else.
+INPUT_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(DEMUXERS)}
+REFUSED_KINDS = {"hls": "a playlist", "dash": "a playlist", "webm_dash_manifest": "a playlist",
+                 "concat": "a concat script", "image2": "an image sequence", "tty": "text"}
+SUBTITLES = {"srt", "ass", "webvtt", "microdvd", "subviewer", "subviewer1", "sami", "jacosub", "mpl2", "mpsub",
+             "pjs", "realtext", "stl", "vplayer", "aqtitle", "lrc", "scc", "mcc", "vobsub", "sup", "dvbsub",
+             "dvbtxt", "tedcaptions"}
 
 
 # libsndfile subtypes under the codec names ffmpeg reports, so that both readers agree.
@@ -56,9 +79,12 @@ def probe(path: Path) -> AudioInfo:
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         pass  # not for libsndfile: ask ffmpeg
     try:
-        info = ffmpeg.probe(str(path))
+        info = ffmpeg.probe(_url(path), **INPUT_OPTIONS)
     except ffmpeg.Error as exc:
-        if _is_text(path):
+        refused = _refused_format(exc)
+        if refused and not refused.startswith("text"):  # a playlist or script is text too: say what it is
+            raise AudioError(f"not an audio file: ffmpeg sees {refused}; only audio containers are read") from None
+        if refused or _is_text(path):
             raise AudioError("a text file, not audio") from None
         raise AudioError(f"not a readable audio file: {_ffmpeg_reason(exc, path)}") from None
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
@@ -90,16 +116,40 @@ def decode(path: Path, info: AudioInfo) -> np.ndarray:
         if rate != SAMPLE_RATE:
             data = soxr.resample(data, rate, SAMPLE_RATE)
         return np.ascontiguousarray(data.T, dtype=np.float32)
-    return np.concatenate(list(_stream_ffmpeg(path, info.channels, 60.0)), axis=1)
+    return np.concatenate(list(_stream_ffmpeg(path, info, 60.0)), axis=1)
 
 
-def stream(path: Path, info: AudioInfo, block_seconds: float = 60.0):
+def stream(path: Path, info: AudioInfo, block_seconds: float = 60.0, max_bytes: int | None = None):
     """Decode in blocks of (channels, ~block_seconds * 16000) float32 at 16 kHz: memory stays flat
-    whatever the recording's length. Never downmixes."""
-    if info.reader == "soundfile":
-        yield from _stream_soundfile(path, info, block_seconds)
-    else:
-        yield from _stream_ffmpeg(path, info.channels, block_seconds)
+    whatever the recording's length. Never downmixes. With `max_bytes`, decoding stops with an AudioError
+    as soon as the decoded float32 audio (all channels) would pass it, whatever the header claimed."""
+    blocks = (_stream_soundfile(path, info, block_seconds) if info.reader == "soundfile"
+              else _stream_ffmpeg(path, info, block_seconds))
+    if max_bytes is None:
+        yield from blocks
+        return
+    expected = int(info.duration_s * SAMPLE_RATE) * info.channels * 4
+    if expected > max_bytes:
+        raise AudioError(too_big(expected, max_bytes))
+    written = 0
+    try:
+        for block in blocks:
+            written += block.nbytes
+            if written > max_bytes:
+                raise AudioError(too_big(written, max_bytes, decoded=True))
+            yield block
+    finally:
+        blocks.close()  # stops ffmpeg at once when the budget ends the decoding
+
+
+def too_big(size: int, budget: int, decoded: bool = False) -> str:
+    what = "decoded audio passed" if decoded else "decoded audio would take"
+    return (f"{what} {_mib(size)} of spool (16 kHz float32, every channel), over this file's budget of "
+            f"{_mib(budget)} (SPEECHQ_MAX_FILE_SPOOL_BYTES, SPEECHQ_MAX_JOB_SPOOL_BYTES)")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 10 * 2**20 else f"{n / 2**20:.0f} MiB"
 
 
 def _stream_soundfile(path: Path, info: AudioInfo, block_seconds: float):
@@ -125,22 +175,27 @@ def _stream_soundfile(path: Path, info: AudioInfo, block_seconds: float):
         raise AudioError("no audio samples decoded (zero-length audio)")
 
 
-def _stream_ffmpeg(path: Path, channels: int, block_seconds: float):
+def _stream_ffmpeg(path: Path, info: AudioInfo, block_seconds: float):
+    channels = info.channels
+    demuxer = info.format.split(",")[0]  # the one probe found (and allowed): no second guess on the same bytes
     proc = (
-        ffmpeg.input(str(path))
+        ffmpeg.input(_url(path), f=demuxer, **INPUT_OPTIONS)
         .output("pipe:", format="f32le", acodec="pcm_f32le", ar=SAMPLE_RATE, ac=channels, map="0:a:0")
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error")
         .run_async(pipe_stdout=True, pipe_stderr=True)
     )
     size = int(block_seconds * SAMPLE_RATE) * channels * 4
-    seen = 0
+    seen, finished = 0, False
     try:
         while chunk := proc.stdout.read(size):
             usable = len(chunk) - len(chunk) % (4 * channels)
             seen += usable
             if usable:
                 yield np.frombuffer(chunk[:usable], dtype=np.float32).reshape(-1, channels).T.copy()
+        finished = True
     finally:
+        if not finished:  # the caller stopped early (a budget, an error): ffmpeg need not finish
+            proc.kill()
         proc.stdout.close()
         err = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
         proc.stderr.close()
@@ -162,6 +217,28 @@ def _duration(stream: dict, fmt: dict) -> float:
     return 0.0
 
 
+def _url(path: Path) -> str:
+    """An explicit file: URL, so that no name (`concat:...`, `http:...`) is ever read as another protocol."""
+    return f"file:{Path(path).resolve()}"
+
+
+def _refused_format(exc: ffmpeg.Error) -> str | None:
+    """What ffmpeg took the bytes for, when that format is not on the allowlist ('[hls @ 0x...] Format not on
+    whitelist ...'); None for any other error."""
+    text = (exc.stderr or b"").decode("utf-8", "replace")
+    match = re.search(r"\[([\w,]+) @ [^\]]*\] Format not on whitelist", text)
+    if not match:
+        return None
+    name = match.group(1)
+    if name.endswith("_pipe") or name in ("image2", "image2pipe", "gif", "apng"):
+        kind = "an image"
+    elif name in SUBTITLES:
+        kind = "subtitles"
+    else:
+        kind = REFUSED_KINDS.get(name, "a format that is not audio")
+    return f"{kind} ({name})"
+
+
 def _ffmpeg_reason(exc: ffmpeg.Error, path: Path) -> str:
     text = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()
     return _without_path(text[-1], path)[:300] if text else "ffmpeg failed"
@@ -170,6 +247,7 @@ def _ffmpeg_reason(exc: ffmpeg.Error, path: Path) -> str:
 def _without_path(message: str, path: Path) -> str:
     """ffmpeg and libsndfile name the file they read; on a server that is a spool path, not the user's name."""
     where = str(path)
+    message = message.replace(f"file:{Path(path).resolve()}", where).replace(f"file:{where}", where)
     message = message.replace(f"'{where}'", "the file").replace(f"{where}: ", "")
     return message.replace(where, "the file")
 

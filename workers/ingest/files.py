@@ -12,9 +12,10 @@ from shared import claims, progress, tasks
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Channel, File, FileState, Job, JobState, Segment, utcnow
-from shared.storage import SAMPLE_RATE, Spool, read_raw
+from shared.analytics.loudness import segment_levels
+from shared.storage import SAMPLE_RATE, Spool, channel_samples, read_raw
 from shared.tasks import app
-from workers.ingest import batching, decode
+from workers.ingest import batching, decode, quotas, retries
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def claim_file(file_id: str, failures: list[tuple[str, str]] | None = None) -> F
         if job.state == JobState.cancelled:
             f.state = FileState.cancelled
             return None
-        error = claims.gave_up(f, "the worker died on this file")
+        error = retries.gave_up(f)
         if error:
             message = _fail(db, f, error)
             if failures is not None:
@@ -80,6 +81,9 @@ def check(f: File, settings) -> decode.AudioInfo:
                                f"(limit SPEECHQ_MAX_FILE_SECONDS={settings.max_file_seconds:.0f})")
     if info.channels < 1:
         raise decode.AudioError("audio stream has no channels")
+    if info.channels > settings.max_channels:
+        raise decode.AudioError(f"{info.channels} channels, over the limit of {settings.max_channels} "
+                                "(SPEECHQ_MAX_CHANNELS)")
     return info
 
 
@@ -89,7 +93,8 @@ def decode_to_spool(f: File, info: decode.AudioInfo, spool: Spool) -> tuple[list
     outs = [open(p, "wb") for p in paths]
     samples = 0
     try:
-        for block in decode.stream(Path(f.path), info):
+        budget = quotas.file_allowance(spool, f.job_id, get_settings())
+        for block in decode.stream(Path(f.path), info, max_bytes=budget):
             for out, channel in zip(outs, block):
                 out.write(channel.tobytes())
             samples += block.shape[1]
@@ -118,6 +123,8 @@ def ingest_files(self, file_ids: list[str]) -> None:
     Ends FAILURE (progress.FilesFailed) if any of its files failed, after the others are stored."""
     from workers.ingest import vad  # torch: loaded where the VAD runs, not in every process that imports this
 
+    if retries.split(file_ids):  # an earlier task on this group died: a poison file must stand alone
+        return
     settings = get_settings()
     spool = Spool(settings.spool)
     decoded: list[Decoded] = []
@@ -135,10 +142,20 @@ def ingest_files(self, file_ids: list[str]) -> None:
             with session_scope() as db:
                 failures.append((f.name, _fail(db, db.get(File, file_id), str(exc))))
             continue
+        except Exception as exc:  # noqa: BLE001 - not the file's fault as far as we know: kept, tried again
+            log.exception("file %s (%s): unexpected error while decoding", f.id, f.name)
+            retries.again_alone(file_id, exc)
+            continue
         decoded.append(Decoded(f, info, paths, samples))
     if decoded:
         streams = [read_raw(p, vad.CHUNK_SAMPLES) for d in decoded for p in d.paths]
-        spans = vad.segments_many(streams, settings.vad_model_dir, int(settings.max_segment_seconds * 1000))
+        try:
+            spans = vad.segments_many(streams, settings.vad_model_dir, int(settings.max_segment_seconds * 1000))
+        except Exception as exc:  # noqa: BLE001 - which file caused it is unknown: each tries again alone
+            log.exception("the VAD failed on a group of %d file(s)", len(decoded))
+            for d in decoded:
+                retries.again_alone(d.file.id, exc)
+            decoded = []
         at = 0
         for d in decoded:
             total = _store(d, spans[at:at + len(d.paths)], settings)
@@ -162,22 +179,25 @@ def _store(d: Decoded, spans_per_channel: list[list[tuple[int, int]]], settings)
                           speech_s=sum(e - s for s, e in spans) / 1000.0)
         if spans:
             channel.audio_path = str(path)
+            levels = segment_levels(channel_samples(path), spans)  # loudness while the audio is at hand
         else:
             path.unlink(missing_ok=True)
-        rows.append((channel, spans))
-    total = sum(len(spans) for _, spans in rows)
+            levels = []
+        rows.append((channel, spans, levels))
+    total = sum(len(spans) for _, spans, _ in rows)
     with session_scope() as db:
         progress.lock_jobs(db, [f.job_id])
         db.query(Channel).filter(Channel.file_id == f.id).delete()  # a retried ingest starts clean
         fr = db.get(File, f.id)
         fr.format, fr.sample_rate, fr.num_channels = f"{info.format}/{info.codec}", info.sample_rate, info.channels
         fr.duration_s = samples / SAMPLE_RATE
-        for channel, spans in rows:
+        for channel, spans, levels in rows:
             db.add(channel)
             db.flush()
-            db.add_all(Segment(job_id=f.job_id, file_id=f.id, channel_id=channel.id, start_ms=s, end_ms=e)
-                       for s, e in spans)
-        fr.state = FileState.segmented
+            db.add_all(Segment(job_id=f.job_id, file_id=f.id, channel_id=channel.id, start_ms=s, end_ms=e,
+                               loudness_lufs=lufs, rms_dbfs=dbfs)
+                       for (s, e), (lufs, dbfs) in zip(spans, levels))
+        fr.state, fr.error = FileState.segmented, None  # an error of an earlier attempt no longer holds
         if not total:
             fr.state, fr.error = FileState.done, "no speech detected in any channel"
         progress.settle(db, [f.job_id])

@@ -1,21 +1,23 @@
 """The reconciler: re-enqueues work whose state is stuck past the deadline (contract 1).
 
-A lost message or a restarted Redis delays work but loses none: the rows say what is left.
+A lost message or a restarted Redis delays work but loses none: the rows say what is left. It runs on its
+own queue ("housekeeping") and consumer, so that it runs on time whatever the ingest backlog.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from shared import progress, tasks
+from shared import counters, progress, retention, sweeps, tasks, webhooks
 from shared.config import get_settings
 from shared.db import session_scope
 from shared.schema import Archive, ArchiveState, Batch, BatchState, File, FileState, Job, JobState, utcnow
 from shared.tasks import app
-from workers.ingest import batching
+from workers.ingest import batching, sweep
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,25 @@ class Housekeeping(app.Task):
         return super().apply_async(args, kwargs, **options)
 
 
+class Reminders:
+    """Rows this process re-sent, so that a stale row is sent again once per deadline, not on every tick
+    (one housekeeping process runs the reconciler; a restart only sends one reminder more)."""
+
+    def __init__(self):
+        self._sent: dict[str, float] = {}
+
+    def due(self, rows: list, key=lambda row: row) -> list:
+        """The rows not re-sent within the deadline, now counted as re-sent."""
+        now, every = time.monotonic(), get_settings().task_deadline_seconds
+        self._sent = {k: t for k, t in self._sent.items() if now - t < every}
+        rows = [r for r in rows if key(r) not in self._sent]
+        self._sent.update((key(r), now) for r in rows)
+        return rows
+
+
+_reminders = Reminders()
+
+
 @app.task(name=tasks.RECONCILE, base=Housekeeping)
 def reconcile() -> dict:
     settings = get_settings()
@@ -63,12 +84,31 @@ def reconcile() -> dict:
         running = list(db.scalars(select(Job.id).where(Job.state == JobState.running)))
         progress.lock_jobs(db, running)
         progress.settle(db, running)
+    # Rows still `running` cannot be touched (the claim takes over only stale rows): remember them instead.
+    stuck = _reminders.due(stuck, key=lambda a: a[0])
+    files = _reminders.due(files, key=lambda f: f.id)
+    batches = _reminders.due(batches)
     for archive_id, job_id, name in stuck:
         tasks.send_archive(archive_id, job_id, name)
     tasks.send_files(files)
     for batch_id in batches:
         tasks.send_batch(batch_id)
     made = batching.batch_pending()
+    counters.add(settings, counters.REENQUEUED, archives=len(stuck), files=len(files), batches=len(batches))
+    try:
+        webhooks.send_due(settings)  # the outbox: job endings to their callback URLs, retried with backoff
+    except Exception:  # noqa: BLE001 - deliveries wait for the next round; re-enqueueing must go on
+        log.exception("webhook deliveries failed; the next reconcile tries again")
+    with session_scope() as db:
+        sweeps.orphan_uploads(db, settings.spool, settings.upload_orphan_grace_seconds)
+    try:
+        retention.sweep(settings, session_scope)  # SPEECHQ_RETENTION_DAYS: finished jobs deleted after N days
+    except Exception:  # noqa: BLE001 - expired jobs wait for the next round; re-enqueueing must go on
+        log.exception("retention sweep failed; the next reconcile tries again")
+    try:
+        sweep.sweep()  # decoded audio and batches
+    except Exception:  # noqa: BLE001 - orphans wait for the next round; re-enqueueing must go on
+        log.exception("spool sweep failed; the next reconcile tries again")
     if files or batches or stuck or made:
         log.info("reconciler: re-enqueued %d archive(s), %d file(s), %d batch(es); made %d new batch(es)",
                  len(stuck), len(files), len(batches), len(made))

@@ -2,7 +2,8 @@
 
 Computes the function of funasr's SenseVoiceSmall.inference (its frontend, four query frames,
 encoder and CTC head) for a whole batch at once: fbank/LFR/CMVN batched on the device, fused
-attention, greedy CTC decode with one device-to-host copy per batch, tags parsed on the host.
+attention, greedy CTC decode with one device-to-host copy per batch, tags parsed on the host; with
+timings, its `output_timestamp=True` too (workers.models.alignment).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 
 from shared.models.tokens import parse_tags
-from workers.models import sanm
+from workers.models import alignment, sanm
+from workers.models.alignment import Token, Word
 from workers.models.features import BatchFrontend
 from workers.models.layout import Layout
 from workers.runtime.staging import copied, prepare, stage, to_device, upload
@@ -28,6 +30,9 @@ class Transcript:
     emotion: str | None
     event: str | None
     itn: bool | None
+    # with timings on: funasr's output_timestamp=True, times in seconds within the segment
+    tokens: list[Token] | None = None
+    words: list[Word] | None = None
 
 
 class SenseVoice:
@@ -37,10 +42,11 @@ class SenseVoice:
     (workers.runtime.graphs.GraphCache) that replays the packed encoder."""
 
     def __init__(self, automodel, device: torch.device, dtype: torch.dtype = torch.float32,
-                 packed: bool = True, attention: str = "auto"):
+                 packed: bool = True, attention: str = "auto", timings: bool = False):
         """packed: a batch's segments end to end (workers.models.layout) rather than padded to the
         longest. attention, when packed: "padded" (gathered back to the padded layout), "varlen" (on
-        the packed sequence) or "auto" (varlen where FlashAttention runs it: CUDA, half precision)."""
+        the packed sequence) or "auto" (varlen where FlashAttention runs it: CUDA, half precision).
+        timings: every transcript also carries the time of each token and word (workers.models.alignment)."""
         half = dtype in (torch.float16, torch.bfloat16)
         if attention == "auto":
             attention = "varlen" if device.type == "cuda" and half else "padded"
@@ -63,10 +69,14 @@ class SenseVoice:
         self.head_weight[: self.vocab] = head.weight.detach()
         self.head_bias = torch.full((padded,), float("-inf"), dtype=dtype, device=device)
         self.head_bias[: self.vocab] = head.bias.detach()
+        self.timings = timings
+        if timings:  # the head on the host: the alignment scores each segment's own pieces there
+            self.host_weight = head.weight.detach().to(self.dtype).float().cpu()
+            self.host_bias = head.bias.detach().to(self.dtype).float().cpu()
         # what the engine may replace (eager defaults)
         self.layer = sanm.layer
         self.shifted = False
-        self.forward = self._ids
+        self.forward = self._hidden
         self.replay = None
 
     def _query(self, languages: list[str], itn: list[bool]) -> torch.Tensor:
@@ -90,28 +100,26 @@ class SenseVoice:
     def _head(self, out: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(out, self.head_weight, self.head_bias)
 
-    def _encode(self, wav, lengths, query, host_lengths: torch.Tensor | None = None):
-        """Logits, valid lengths and the layout: packed (1, N, V) when `host_lengths` (the samples
-        of each row, on the host) are given and packing is on, else padded (B, T, V)."""
+    def _hidden(self, wav, lengths, query, host_lengths=None):
+        """Encoder output, valid lengths and the layout: packed (1, N, 512) when `host_lengths` (the
+        samples of each row, on the host) are given and packing is on, else padded (B, T, 512).
+        Replayed from a CUDA graph when the engine gave one."""
         speech, lengths = self._speech(wav, lengths, query)
         layout = self._layout(speech, query, host_lengths)
-        out = sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer, layout)
-        return self._head(out), lengths, layout
-
-    def _ids(self, wav, lengths, query, host_lengths=None):
-        if self.replay is None or host_lengths is None:
-            logits, lengths, layout = self._encode(wav, lengths, query, host_lengths)
-            return logits.argmax(dim=-1), lengths, layout
-        speech, lengths = self._speech(wav, lengths, query)
-        layout = self._layout(speech, query, host_lengths)
+        if self.replay is None or layout is None:
+            return sanm.encode(self.model.encoder, speech, lengths, self.shifted, self.layer, layout), lengths, layout
         xs = sanm.embed_packed(self.model.encoder, speech, layout)
         longest = layout.longest
 
         def forward(xs, valid, seqs):
-            out = sanm.layers(self.model.encoder, xs, valid, self.shifted, self.layer, seqs=seqs, longest=longest)
-            return self._head(out).argmax(dim=-1)
+            return sanm.layers(self.model.encoder, xs, valid, self.shifted, self.layer, seqs=seqs, longest=longest)
 
         return self.replay.run(layout.key, forward, xs, layout.valid, layout.seqs), lengths, layout
+
+    def _encode(self, wav, lengths, query, host_lengths: torch.Tensor | None = None):
+        """Logits, valid lengths and the layout (packed (1, N, V) or padded (B, T, V), as `_hidden`)."""
+        out, lengths, layout = self.forward(wav, lengths, query, host_lengths)
+        return self._head(out), lengths, layout
 
     @torch.inference_mode()
     def logits(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]):
@@ -127,29 +135,44 @@ class SenseVoice:
     def launch(self, wav: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor,
                languages: list[str], itn: list[bool]) -> Pending:
         """Queue the batch on the device and start copying the best tokens back; returns at once."""
-        best, lengths, layout = self.forward(wav, lengths, self._query(languages, itn), host_lengths)
+        out, lengths, layout = self.forward(wav, lengths, self._query(languages, itn), host_lengths)
+        logits = self._head(out)
+        best = logits.argmax(dim=-1)
+        frames = None
+        if self.timings:  # what the alignment needs of every frame: its encoder output and log-sum-exp
+            frames = (out.to("cpu", non_blocking=True), _logsumexp(logits).to("cpu", non_blocking=True))
         return Pending(best.to(torch.int32).to("cpu", non_blocking=True),
-                       lengths.to("cpu", non_blocking=True), layout, copied(), self)
+                       lengths.to("cpu", non_blocking=True), layout, copied(), self, frames)
+
+    def _pending(self, wavs, languages, itn) -> Pending:
+        staged = stage(wavs, self.device)
+        wav, lengths = upload(staged, self.device)
+        return self.launch(wav, lengths, staged[1], languages, itn)
 
     def token_ids(self, wavs, languages, itn) -> list[np.ndarray]:
         """Best CTC token per frame, one array per segment (waits for the device)."""
-        staged = stage(wavs, self.device)
-        wav, lengths = upload(staged, self.device)
-        return self.launch(wav, lengths, staged[1], languages, itn).rows()
+        return self._pending(wavs, languages, itn).rows()
 
-    def decode(self, rows: list[np.ndarray]) -> list[Transcript]:
-        out = []
+    def decode(self, rows: list[np.ndarray], frames: tuple[list, list] | None = None) -> list[Transcript]:
+        """Transcripts of the best tokens; with `frames` (each segment's encoder output and
+        log-sum-exp per frame, on the host), the time of every token and word as well."""
+        texts = []
         for seq in rows:
             if seq.size:
                 seq = seq[np.concatenate(([True], seq[1:] != seq[:-1]))]
-            tokens = seq[seq != self.model.blank_id].tolist()
-            out.append(Transcript(**parse_tags(self.tokenizer.decode(tokens))))
+            texts.append(self.tokenizer.decode(seq[seq != self.model.blank_id].tolist()))
+        out = [Transcript(**parse_tags(text)) for text in texts]
+        if frames is not None:
+            timed = alignment.align(self.tokenizer, texts, rows, *frames, self.host_weight, self.host_bias,
+                                    self.model.blank_id)
+            for transcript, t in zip(out, timed):
+                transcript.tokens, transcript.words = (t.tokens, t.words) if t is not None else ([], [])
         return out
 
     def __call__(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> list[Transcript]:
         if not wavs:
             return []
-        return self.decode(self.token_ids(wavs, languages, itn))
+        return self._pending(wavs, languages, itn).transcripts()
 
 
 @dataclass
@@ -160,11 +183,32 @@ class Pending:
     layout: Layout | None
     done: torch.cuda.Event | None
     model: SenseVoice
+    frames: tuple[torch.Tensor, torch.Tensor] | None = None  # with timings: encoder output, log-sum-exp
 
     def rows(self) -> list[np.ndarray]:
+        return self._split(self.best.numpy())
+
+    def _split(self, values):
         if self.done is not None:
             self.done.synchronize()
-        best = self.best.numpy()
         if self.layout is not None:
-            return self.layout.rows(best[0])
-        return [row[:n] for row, n in zip(best, self.lengths.numpy())]
+            return self.layout.rows(values[0])
+        return [row[:n] for row, n in zip(values, self.lengths.numpy())]
+
+    def transcripts(self) -> list[Transcript]:
+        """The decoded batch (waits for the device), timed when the model's timings are on."""
+        rows = self.rows()
+        if self.frames is None:
+            return self.model.decode(rows)
+        hidden, lse = self.frames
+        return self.model.decode(rows, (self._split(hidden), self._split(lse)))
+
+
+def _logsumexp(logits: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """float32 log-sum-exp over the classes of every frame, a few thousand frames at a time (the
+    float32 copy of a whole batch's logits would take gigabytes)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for i in range(0, flat.shape[0], chunk):
+        out[i:i + chunk] = torch.logsumexp(flat[i:i + chunk].float(), dim=-1)
+    return out.reshape(logits.shape[:-1])

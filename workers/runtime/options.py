@@ -24,6 +24,8 @@ class Options:
     packed: bool = True
     batch_seconds: float = 1200.0  # the packer's budget: the largest batch the warm-up must meet
     max_segment_seconds: float = 30.0
+    memory_gb: float | None = None  # the GPU worker's memory budget; the card less a margin when None
+    timings: bool = True  # token and word timings (workers.models.alignment)
 
     @classmethod
     def from_settings(cls, settings, device: torch.device) -> Options:
@@ -31,10 +33,12 @@ class Options:
         fp32 eager without graphs: compilation and graphs are CUDA optimisations."""
         if device.type != "cuda":
             return cls(dtype="fp32", compile="off", cuda_graphs=False, packed=settings.gpu_packed,
-                       batch_seconds=settings.batch_seconds, max_segment_seconds=settings.max_segment_seconds)
+                       batch_seconds=settings.batch_seconds, max_segment_seconds=settings.max_segment_seconds,
+                       timings=settings.word_timings)
         return cls(dtype=settings.dtype, compile=settings.compile, cuda_graphs=settings.gpu_cuda_graphs,
                    packed=settings.gpu_packed, batch_seconds=settings.batch_seconds,
-                   max_segment_seconds=settings.max_segment_seconds).validated(device)
+                   max_segment_seconds=settings.max_segment_seconds,
+                   memory_gb=settings.gpu_memory_gb, timings=settings.word_timings).validated(device)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -57,6 +61,9 @@ class Options:
             if self.dtype == "fp32":
                 raise InvalidOptions("SPEECHQ_GPU_CUDA_GRAPHS=true replays FlashAttention's variable-length kernel, "
                                      "which needs SPEECHQ_DTYPE=bf16 or fp16")
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            raise InvalidOptions(f"SPEECHQ_GPU_MEMORY_GB={self.memory_gb:g}: must be more than 0 (unset: the card's "
+                                 "memory less 1 GiB)")
         if self.batch_seconds < self.max_segment_seconds:
             raise InvalidOptions(f"SPEECHQ_BATCH_SECONDS={self.batch_seconds:g} is below SPEECHQ_MAX_SEGMENT_SECONDS="
                                  f"{self.max_segment_seconds:g}: no batch could hold a long segment")

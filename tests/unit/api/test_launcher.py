@@ -63,3 +63,22 @@ def test_embedded_valkey_command(tmp_path):
     args = " ".join(proc.argv[1:])
     assert "--port 6399" in args and "--bind 127.0.0.1" in args and "--appendonly yes" in args
     assert f"--dir {tmp_path / 'redis'}" in args and (tmp_path / "redis").is_dir()
+
+
+def test_gpu_worker_runs_its_batches_in_the_process_the_supervisor_watches():
+    """Solo pool: a crash of the model-holding process ends the worker, which the supervisor restarts (a prefork
+    parent would kill a child that loads models for longer than worker_proc_alive_timeout, over and over)."""
+    for proc in launcher.gpu_workers("0,1"):
+        assert proc.argv[proc.argv.index("-P") + 1] == "solo"
+
+
+def test_the_reconciler_has_its_own_consumer_and_the_beat():
+    from shared.tasks import HOUSEKEEPING, RECONCILE, app
+
+    house = launcher.housekeeping_worker()
+    ingest = launcher.ingest_worker(2)
+    assert house.argv[house.argv.index("-Q") + 1] == HOUSEKEEPING and "-B" in house.argv
+    assert "-B" not in ingest.argv and HOUSEKEEPING not in ingest.argv[ingest.argv.index("-Q") + 1]
+    assert app.amqp.router.route({}, RECONCILE)["queue"].name == HOUSEKEEPING
+    entry = app.conf.beat_schedule["reconcile"]
+    assert entry["options"]["queue"] == HOUSEKEEPING and entry["options"]["expires"] <= entry["schedule"]

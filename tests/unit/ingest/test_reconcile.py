@@ -18,3 +18,19 @@ def test_reconcile_sends_no_monitoring_events():
     dispatcher = call.kwargs["event_dispatcher"]
     assert dispatcher.publish("task-sent", {}, None) is None
     assert call.args[2].sent_event  # Celery built the event; the dispatcher above is what drops it
+
+
+def test_a_stale_row_is_sent_again_once_per_deadline_not_on_every_tick(monkeypatch):
+    """A row still `running` past the deadline cannot be touched (the claim takes over only stale rows), so the
+    reconciler remembers what it sent: one reminder per deadline, whatever the interval."""
+    from workers.ingest import reconcile
+
+    clock = [1000.0]
+    monkeypatch.setattr(reconcile.time, "monotonic", lambda: clock[0])
+    reminders = reconcile.Reminders()
+    deadline = reconcile.get_settings().task_deadline_seconds
+    assert reminders.due(["a", "b"]) == ["a", "b"]
+    clock[0] += deadline / 2
+    assert reminders.due(["a", "b", "c"]) == ["c"]
+    clock[0] += deadline / 2 + 1
+    assert reminders.due(["a", "b", "c"]) == ["a", "b"]

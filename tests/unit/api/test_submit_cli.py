@@ -1,0 +1,57 @@
+"""`speechq submit` sends one Idempotency-Key per invocation and retries lost connections and 503s with it."""
+
+import httpx
+import pytest
+import typer
+
+from api.cli import jobs
+
+
+def test_submit_retries_with_one_key(tmp_path, monkeypatch):
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF0000WAVE")
+    calls = []
+
+    def post(url, files, data, headers, timeout):
+        calls.append((headers["Idempotency-Key"], files[0][1][1].read()))
+        request = httpx.Request("POST", url)
+        if len(calls) == 1:
+            raise httpx.ConnectError("connection refused", request=request)
+        if len(calls) == 2:
+            return httpx.Response(503, headers={"Retry-After": "5"}, json={"detail": "restarting"}, request=request)
+        return httpx.Response(200, json={"id": "job1", "state": "queued"}, request=request)
+
+    monkeypatch.setattr(jobs.httpx, "post", post)
+    assert jobs.submit_paths("http://api", [wav], None, None, None)["id"] == "job1"
+    assert len(calls) == 3
+    assert len({key for key, _ in calls}) == 1  # the same key on every try
+    assert all(body == b"RIFF0000WAVE" for _, body in calls)  # each try sends the whole file again
+
+
+def test_submit_gives_up_after_the_retry_window(tmp_path, monkeypatch):
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF")
+    monkeypatch.setattr(jobs, "SUBMIT_RETRY_S", 0.5)
+
+    def post(url, **_kw):
+        raise httpx.ConnectError("connection refused", request=httpx.Request("POST", url))
+
+    monkeypatch.setattr(jobs.httpx, "post", post)
+    with pytest.raises(typer.Exit) as exited:
+        jobs.submit_paths("http://api", [wav], None, None, None)
+    assert exited.value.exit_code == jobs.ExitCode.API_ERROR
+
+
+def test_a_refusal_is_not_retried(tmp_path, monkeypatch):
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"RIFF")
+    calls = []
+
+    def post(url, **_kw):
+        calls.append(url)
+        return httpx.Response(422, json={"detail": "unknown language"}, request=httpx.Request("POST", url))
+
+    monkeypatch.setattr(jobs.httpx, "post", post)
+    with pytest.raises(typer.BadParameter):
+        jobs.submit_paths("http://api", [wav], None, "klingon", None)
+    assert len(calls) == 1

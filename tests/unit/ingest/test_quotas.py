@@ -1,0 +1,56 @@
+"""Channel cap and spool budgets of one file and of its job, enforced while decoding (issue 14)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from shared import samples
+from shared.config import Settings
+from shared.storage import Spool
+from workers.ingest import files, quotas
+from workers.ingest.decode import AudioError
+
+
+def _flac(tmp_path, channels: int, seconds: float = 2.0):
+    rate = 8000
+    return samples.write(tmp_path / f"c{channels}.flac", 0.05 * np.ones((channels, int(rate * seconds)), np.float32),
+                         rate, codec="flac")
+
+
+def test_eight_channels_are_refused(tmp_path):
+    f = SimpleNamespace(path=str(_flac(tmp_path, 8)))
+    with pytest.raises(AudioError, match=r"^8 channels, over the limit of 4 \(SPEECHQ_MAX_CHANNELS\)$"):
+        files.check(f, Settings(max_channels=4))
+    assert files.check(f, Settings(max_channels=8)).channels == 8
+
+
+def test_job_budget_is_what_the_job_has_left(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    settings = Settings(max_file_spool_bytes=1000, max_job_spool_bytes=1500)
+    assert quotas.file_allowance(spool, "job", settings) == 1000
+    spool.channel_audio("job", "a-0").write_bytes(b"\0" * 900)
+    assert quotas.job_spool_bytes(spool, "job") == 900
+    assert quotas.file_allowance(spool, "job", settings) == 600
+    spool.channel_audio("job", "b-0").write_bytes(b"\0" * 900)
+    assert quotas.file_allowance(spool, "job", settings) == 0
+
+
+def test_decoding_stops_at_the_job_budget_and_leaves_nothing(tmp_path, monkeypatch):
+    from shared.config import get_settings
+
+    monkeypatch.setenv("SPEECHQ_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("SPEECHQ_MAX_JOB_SPOOL_BYTES", str(16000 * 4 * 2))  # 1 s of stereo
+    get_settings.cache_clear()
+    try:
+        path = _flac(tmp_path, 2)
+        f = SimpleNamespace(path=str(path), job_id="job", id="f1")
+        spool = Spool(get_settings().spool)
+        info = files.check(f, get_settings())
+        with pytest.raises(AudioError, match="over this file's budget of 0.1 MiB"):
+            files.decode_to_spool(f, info, spool)
+        assert quotas.job_spool_bytes(spool, "job") == 0  # the partial channels are removed
+    finally:
+        get_settings.cache_clear()
