@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,14 @@ def create_job(db: Session, settings: Settings, items: list[Incoming], *, name: 
     if not files and not archives:
         progress.recount(db, job)  # nothing to process: the job ends now
     return job, files, archives
+
+
+def scoped_key(owner: str | None, key: str | None) -> str | None:
+    """What is stored for a client's Idempotency-Key: a digest of the key together with the API key that
+    sent it, so that one caller's key never finds another caller's job."""
+    if not key:
+        return None
+    return hashlib.sha256(f"{owner or '-'}\0{key}".encode()).hexdigest()
 
 
 def replay(settings: Settings, key: str | None) -> schemas.JobStatus | None:

@@ -53,6 +53,7 @@ async def create_from_upload(
 ):
     limits.check_uploads(files, settings.max_job_files)
     # The database is used on worker threads, in short transactions: none is open while files are copied.
+    idempotency_key = submit.scoped_key(principal.key_id, idempotency_key)
     if earlier := await run_in_threadpool(submit.replay, settings, idempotency_key):
         response.status_code = status.HTTP_200_OK
         return earlier
@@ -83,6 +84,7 @@ async def create_from_upload(
              summary="Create a job from files or archives under the server's import root")
 def create_from_paths(body: schemas.PathsRequest, response: Response, settings: SettingsDep,
                       principal: PrincipalDep, idempotency_key: IdempotencyKey = None):
+    idempotency_key = submit.scoped_key(principal.key_id, idempotency_key)
     if earlier := submit.replay(settings, idempotency_key):
         response.status_code = status.HTTP_200_OK
         return earlier

@@ -123,6 +123,13 @@ def test_each_key_sees_only_its_own_jobs(client, app_env):
     with session_scope(app_env) as db:
         assert db.get(Job, r.json()["id"]).owner_key_id == b.id
     assert client.get(f"/v1/jobs/{r.json()['id']}", headers=_bearer(key_a)).status_code == 404
+    # one Idempotency-Key from two keys: two jobs, neither sees the other's
+    sent = [("files", ("notes.txt", b"sidecar only"))]
+    first = client.post("/v1/jobs", headers={**_bearer(key_b), "Idempotency-Key": "k-1"}, files=sent)
+    again = client.post("/v1/jobs", headers={**_bearer(key_b), "Idempotency-Key": "k-1"}, files=sent)
+    other = client.post("/v1/jobs", headers={**_bearer(key_a), "Idempotency-Key": "k-1"}, files=sent)
+    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 201)
+    assert again.json()["id"] == first.json()["id"] != other.json()["id"]
     # revoked: 401 at once
     with session_scope(app_env) as db:
         keys.revoke(db, b.id)
