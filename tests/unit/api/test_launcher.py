@@ -82,3 +82,11 @@ def test_the_reconciler_has_its_own_consumer_and_the_beat():
     assert app.amqp.router.route({}, RECONCILE)["queue"].name == HOUSEKEEPING
     entry = app.conf.beat_schedule["reconcile"]
     assert entry["options"]["queue"] == HOUSEKEEPING and entry["options"]["expires"] <= entry["schedule"]
+
+
+def test_every_visible_device_gets_its_own_worker(monkeypatch):
+    """No SPEECHQ_GPU_DEVICES: one worker per device the (faked) driver reports, each pinned to its own."""
+    monkeypatch.setattr(launcher, "count_devices", lambda: 4)
+    procs = launcher.gpu_workers(None)
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in procs] == ["0", "1", "2", "3"]
+    assert len({p.name for p in procs}) == 4 and all("-Q gpu" in " ".join(p.argv) for p in procs)
