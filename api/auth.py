@@ -8,6 +8,7 @@ job that does not exist (404), so ids of other callers' jobs cannot be probed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Annotated
@@ -16,9 +17,11 @@ from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Select
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from api import keys
 from api.deps import SettingsDep
+from shared.config import Settings
 from shared.db import session_scope
 from shared.schema import Job
 
@@ -37,25 +40,51 @@ class Principal:
 KEYLESS = Principal(key_id=None, name="keyless loopback", admin=True)
 
 
-def caller(settings: SettingsDep,
-           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal | None:
+async def caller(settings: SettingsDep,
+                 credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal | None:
     """The caller, or None when anonymous (no key, or a key that is unknown or revoked).
 
-    Its own short transaction, closed before the handler runs: an upload streams with no transaction open."""
+    A key verified less than SPEECHQ_API_KEY_CACHE_SECONDS ago costs no database read, no hash and no worker
+    thread: it is answered on the event loop (api/keys.py, `Verified`). Otherwise a worker thread runs its own
+    short transaction, closed before the handler runs: an upload streams with no transaction open."""
+    if credentials is not None:
+        token = credentials.credentials
+        if (known := _verified(settings.database, settings.api_key_cache_seconds).get(token)) is not None:
+            return Principal(known.id, known.name, known.admin)
+        return await run_in_threadpool(_checked, settings, token)
+    if not keys.is_loopback(settings.api_host) or settings.database in _KEYS_EXIST:
+        return None
+    return await run_in_threadpool(_keyless, settings)
+
+
+def _checked(settings: Settings, token: str) -> Principal | None:
     with session_scope() as db:
-        if credentials is not None:
-            row = keys.verify(db, credentials.credentials)
-            if row is not None:
-                return Principal(row.id, row.name, row.admin)
-            log.info("request with an unknown or revoked API key (id %s)",
-                     keys.key_id(credentials.credentials) or "not a speechq key")
-            return None
-        if keys.is_loopback(settings.api_host) and not keys.any_created(db):
-            return KEYLESS
+        row = keys.verify(db, token)
+        if row is not None:
+            known = _verified(settings.database, settings.api_key_cache_seconds).put(token, row)
+            return Principal(known.id, known.name, known.admin)
+    log.info("request with an unknown or revoked API key (id %s)", keys.key_id(token) or "not a speechq key")
     return None
 
 
-def require(who: Annotated[Principal | None, Depends(caller)]) -> Principal:
+def _keyless(settings: Settings) -> Principal | None:
+    with session_scope() as db:
+        if keys.any_created(db):
+            _KEYS_EXIST.add(settings.database)  # for good: keyless mode never comes back (api/keys.py)
+            return None
+    return KEYLESS
+
+
+_KEYS_EXIST: set[str] = set()  # databases known to hold a key
+
+
+@functools.lru_cache(maxsize=8)
+def _verified(database: str, ttl: float) -> keys.Verified:
+    """One cache of verified keys per database (tests run several in one process)."""
+    return keys.Verified(ttl)
+
+
+async def require(who: Annotated[Principal | None, Depends(caller)]) -> Principal:
     """The caller; 401 when anonymous."""
     if who is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "a valid API key is required (Authorization: Bearer "
@@ -64,11 +93,11 @@ def require(who: Annotated[Principal | None, Depends(caller)]) -> Principal:
     return who
 
 
-def caller_if_known(settings: SettingsDep,
-                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal | None:
+async def caller_if_known(settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                                         Depends(bearer)]) -> Principal | None:
     """As `caller`, but None when the database cannot say (health must answer while it is down)."""
     try:
-        return caller(settings, credentials)
+        return await caller(settings, credentials)
     except SQLAlchemyError:
         return None
 

@@ -17,8 +17,13 @@ def get_db() -> Iterator[Session]:
         yield session
 
 
+async def settings() -> Settings:
+    """The settings, on the event loop: a sync dependency would cost every request a hop to a worker thread."""
+    return get_settings()
+
+
 SessionDep = Annotated[Session, Depends(get_db)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(settings)]
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", max_length=255,
     description="Any unique string per job you mean to create (a UUID): a retry of the request with the same key "

@@ -11,6 +11,10 @@ whatever the hash costs, so the iteration count is kept low on purpose: every AP
 its key, and 10,000 iterations cost about 3 ms of CPU, where scrypt's usual parameters cost 50 ms.
 A leaked `api_keys` table still yields no usable key.
 
+Verified keys are remembered (`Verified`): a request whose key was checked less than
+SPEECHQ_API_KEY_CACHE_SECONDS ago skips the database and the hash. The cache holds a SHA-256 digest of
+each key, never the key; a revocation (made by the CLI, in another process) takes effect within that TTL.
+
 Keyless mode (contract of issue 14): while no key has ever been created (a revoked key still counts)
 and the API listens on loopback, requests need no key and act as an admin. Any other listen address
 requires keys (api/preflight.py refuses to start without one).
@@ -23,6 +27,9 @@ import hmac
 import ipaddress
 import re
 import secrets
+import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import exists, select
@@ -91,3 +98,48 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name other than localhost may resolve to anything: treat it as public
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What a verified key says about its caller (no secret in it)."""
+    id: str
+    name: str
+    admin: bool
+
+
+class Verified:
+    """Keys verified lately, by the SHA-256 of the whole key: each entry expires `ttl` seconds after its check,
+    so that a revoked key is refused at most `ttl` seconds later. A bad key is never remembered (each try
+    costs its hash). At most `size` entries; the oldest go first. Thread-safe (sync routes run on threads)."""
+
+    def __init__(self, ttl: float, size: int = 10_000):
+        self.ttl, self.size = ttl, size
+        self._entries: dict[bytes, tuple[float, Checked]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _digest(token: str) -> bytes:
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, token: str) -> Checked | None:
+        if self.ttl <= 0:
+            return None
+        digest = self._digest(token)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._entries[digest]
+                return None
+            return entry[1]
+
+    def put(self, token: str, row: ApiKey) -> Checked:
+        checked = Checked(row.id, row.name, row.admin)
+        if self.ttl > 0:
+            with self._lock:
+                while len(self._entries) >= self.size:
+                    del self._entries[next(iter(self._entries))]
+                self._entries[self._digest(token)] = (time.monotonic() + self.ttl, checked)
+        return checked

@@ -55,14 +55,20 @@ def gpu_workers(spec: str | None, loglevel: str = "INFO", prefetch: int = 1) -> 
         return [Proc("gpu-cpu", celery("gpu", "worker", "-Q", "gpu", "-P", "solo", "-c", "1", "-n", "gpu-cpu@%h",
                                        "-E", "--loglevel", loglevel, *extra),
                      {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "gpu"})]
-    return [Proc(f"gpu{d}", celery("gpu", "worker", "-Q", "gpu", "-P", "solo", "-c", "1", "-n", f"gpu{d}@%h",
-                                   "-E", "--loglevel", loglevel, *extra),
-                 {"CUDA_VISIBLE_DEVICES": d, "SPEECHQ_WORKER_ROLE": "gpu"}) for d in devices]
+    # a device named twice (`--gpus 0,0`: two workers sharing one card) gets distinct worker names
+    names = [f"gpu{d}" if devices.count(d) == 1 else f"gpu{d}-{devices[:i].count(d)}" for i, d in enumerate(devices)]
+    return [Proc(name, celery("gpu", "worker", "-Q", "gpu", "-P", "solo", "-c", "1", "-n", f"{name}@%h",
+                              "-E", "--loglevel", loglevel, *extra),
+                 {"CUDA_VISIBLE_DEVICES": d, "SPEECHQ_WORKER_ROLE": "gpu"}) for name, d in zip(names, devices)]
 
 
 def ingest_worker(concurrency: int, loglevel: str = "INFO") -> Proc:
+    """The CPU pool; it sees no GPU unless SPEECHQ_VAD_DEVICE=cuda, which gives it the first GPU device."""
     args = ["worker", "-Q", "ingest", "-c", str(concurrency), "-n", "ingest@%h", "-E", "--loglevel", loglevel]
-    return Proc("ingest", celery("ingest", *args), {"CUDA_VISIBLE_DEVICES": "", "SPEECHQ_WORKER_ROLE": "ingest"})
+    settings = get_settings()
+    visible = device_ids(settings.gpu_devices)[:1] if settings.vad_device == "cuda" else []
+    return Proc("ingest", celery("ingest", *args),
+                {"CUDA_VISIBLE_DEVICES": ",".join(visible), "SPEECHQ_WORKER_ROLE": "ingest"})
 
 
 def housekeeping_worker(loglevel: str = "INFO") -> Proc:
@@ -98,8 +104,12 @@ def flower_credentials(settings) -> tuple[str, Path | None]:
 
 
 def api(host: str, port: int) -> Proc:
+    """uvicorn with the protocol that bounds how long a request head may take (api/limits.HeaderDeadline)."""
     return Proc("api", [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
-                        "--log-level", "warning"], {})
+                        "--http", UVICORN_PROTOCOL, "--log-level", "warning"], {})
+
+
+UVICORN_PROTOCOL = "api.limits:HeaderDeadline"
 
 
 def valkey(port: int, data_dir: Path) -> Proc:

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from api import errors, preflight
+from api import errors, limits, preflight
 from api.routes import calls, exports, health, jobs, metrics
 from api.limits import RequestLimits
 from api.deps import ReadsOnly
@@ -31,6 +31,7 @@ def create_app() -> FastAPI:
     settings = get_settings()
     # /docs and /redoc from files in the fastapi-offline wheel, not a CDN: they work without internet.
     app = FastAPIOffline(title="speechq", version="0.1.0", lifespan=lifespan,
+                         form_limits=limits.form_limits(settings),  # multipart: counts and part sizes
                          description="Speech-to-text, language, emotion and audio events for call-center archives. "
                                      "Times and durations are in seconds (`_s`); timestamps are UTC.")
     app.include_router(jobs.router)

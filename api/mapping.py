@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from api import schemas
@@ -41,6 +41,18 @@ def models(db: Session, job_id: str) -> list[ModelVersion]:
     return list(db.scalars(select(ModelVersion).where(ModelVersion.id.in_(ids)))) if ids else []
 
 
+def random_results(db: Session, job_id: str) -> bool:
+    """Whether some result of the job came from random-weight models: one EXISTS that stops at the first
+    match, and no query of the results at all where no random-weight model was ever registered (a status
+    read stays cheap however many results the job has)."""
+    ids = list(db.scalars(select(ModelVersion.id).where(ModelVersion.random_weights.is_(True))))
+    if not ids:
+        return False
+    hit = select(Result.segment_id).where(Result.job_id == job_id,
+                                  or_(Result.asr_model_id.in_(ids), Result.emotion_model_id.in_(ids))).limit(1)
+    return db.execute(hit).first() is not None
+
+
 def job_status(db: Session, job: Job, workers: GpuWorkers, used: list[ModelVersion] | None = None
                ) -> schemas.JobStatus:
     """`used`: the models of the job's results, where the caller has them already."""
@@ -50,7 +62,7 @@ def job_status(db: Session, job: Job, workers: GpuWorkers, used: list[ModelVersi
     errors += [schemas.FileError(name=n, error=e) for n, e in db.execute(
         select(Archive.name, Archive.error).where(Archive.job_id == job.id, Archive.state == ArchiveState.failed))]
     active = job.state in ACTIVE_JOB
-    used = models(db, job.id) if used is None else used
+    random = any(m.random_weights for m in used) if used is not None else random_results(db, job.id)
     return schemas.JobStatus(
         id=job.id, name=job.name, state=job.state.value, files_total=job.files_total, files_done=job.files_done,
         files_failed=job.files_failed, files_skipped=job.files_skipped or 0,
@@ -58,14 +70,15 @@ def job_status(db: Session, job: Job, workers: GpuWorkers, used: list[ModelVersi
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
         errors=errors,
         skipped=[schemas.SkippedFile(name=n, reason=e) for n, state, e in rows if state == FileState.skipped],
-        random_weights=any(m.random_weights for m in used) or (active and workers.random_weights),
+        random_weights=random or (active and workers.random_weights),
         warning=workers.warning if active else None, redact=bool(job.redact), callback_url=job.callback_url,
+        word_timings=bool(job.word_timings),
     )
 
 
 def segment_out(s: Segment, redact: bool = False) -> schemas.SegmentOut:
-    """`redact`: the job asked for redaction; its texts are redacted in the database when it ends, and here
-    until then."""
+    """`redact`: the job asked for redaction; each file's texts are redacted in the database when the file
+    settles, and here until then."""
     r = s.result
     text = (redaction.redact(r.text)[0] if redact else r.text) if r else None
     return schemas.SegmentOut(

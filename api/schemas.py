@@ -44,6 +44,8 @@ class PathsRequest(BaseModel):
                                             "texts; see docs/METRICS.md.")
     callback_url: str | None = Field(None, max_length=2048, description="http(s) URL that gets the job's final "
                                      "status, signed (see README, Webhooks).", examples=["https://example.com/hook"])
+    word_timings: bool | None = Field(None, description="Time every word of the transcripts (results' `words`); "
+                                      "unset: the server's SPEECHQ_WORD_TIMINGS.")
 
 
 class FileError(BaseModel):
@@ -77,6 +79,7 @@ class JobStatus(BaseModel):
     warning: str | None = Field(None, description="Why a queued or running job is not moving, e.g. no live GPU "
                                                   "worker.")
     callback_url: str | None = Field(None, description="Where the final status is POSTed when the job ends.")
+    word_timings: bool = Field(False, description="Word timings were asked: the segments carry `words`.")
 
 
 class ModelInfo(BaseModel):
@@ -109,8 +112,8 @@ class SegmentOut(BaseModel):
     rms_dbfs: float | None = Field(None, description="RMS level of the segment in dBFS.")
     words: list[WordOut] | None = Field(
         None, description="Every word of `text` with its start and end in seconds of the file (funasr's "
-        "output_timestamp=True, 60 ms frames); None when not computed (SPEECHQ_WORD_TIMINGS=false) or when "
-        "the job asked for redaction.")
+        "output_timestamp=True, 60 ms frames); None when the job did not ask for them (`word_timings`) or "
+        "asked for redaction.")
 
 
 class ChannelOut(BaseModel):
@@ -135,8 +138,8 @@ class FileOut(BaseModel):
     duplicate_of: str | None = Field(None, description="Name of the file with the same audio; its results are shown.")
     channels: list[ChannelOut]
     metrics: dict | None = Field(None, description="Call metrics of the file (talk time, silences, interruptions, "
-                                 "talk speed, loudness, emotion trend, language per channel), once its job has "
-                                 "ended; definitions in docs/METRICS.md.")
+                                 "talk speed, loudness, emotion trend, language per channel), once the file is "
+                                 "done; definitions in docs/METRICS.md.")
 
 
 class JobResults(BaseModel):

@@ -44,7 +44,8 @@ def _is_archive(item: Incoming) -> bool:
 
 def create_job(db: Session, settings: Settings, items: list[Incoming], *, name: str | None = None,
                channel_labels: str | None = None, language: str | None = None,
-               use_itn: bool | None = None, job: Job | None = None) -> tuple[Job, list[File], list[Archive]]:
+               use_itn: bool | None = None, word_timings: bool | None = None,
+               job: Job | None = None) -> tuple[Job, list[File], list[Archive]]:
     """Rows for the job, its files and archives. Returns (job, files, archives) to enqueue; a sidecar such as
     notes.txt gets a row in state `skipped` and is not enqueued."""
     language = language or settings.language
@@ -56,6 +57,7 @@ def create_job(db: Session, settings: Settings, items: list[Incoming], *, name: 
     job = job or Job()
     job.name, job.channel_labels, job.language = name, labels, language
     job.use_itn = settings.use_itn if use_itn is None else use_itn
+    job.word_timings = settings.word_timings if word_timings is None else word_timings
     db.add(job)
     db.flush()
     files, archives = [], []
@@ -137,10 +139,11 @@ def store(settings: Settings, items: list[Incoming], row: dict, **options) -> tu
 
 
 def enqueue(files: list[File], archives: list[Archive]) -> None:
-    """After the commit: the rows exist before any worker can see a message about them."""
-    for a in archives:
-        tasks.send_archive(a.id, a.job_id, a.name)
-    tasks.send_files([tasks.FileRef(f.id, f.job_id, f.name) for f in files])
+    """After the commit: the rows exist before any worker can see a message about them. The job's first
+    archives and files go first in the queue, before the tails of jobs sent earlier (tasks.priority)."""
+    for position, a in enumerate(archives):
+        tasks.send_archive(a.id, a.job_id, a.name, position=position)
+    tasks.send_new_files([tasks.FileRef(f.id, f.job_id, f.name) for f in files])
 
 
 def resolve_server_path(settings: Settings, raw: str) -> Path:

@@ -48,8 +48,8 @@ from bench.common import Record, commit, save, table
 from bench.gpu_bench import ensure_models
 
 RATE = 8000
-ROLES = (("-Q ingest", "ingest"), ("-Q gpu", "gpu"), ("uvicorn", "api"), ("api.main", "api"),
-         ("valkey", "broker"), ("redis-server", "broker"))
+ROLES = (("-Q ingest", "ingest"), ("ForkPoolWorker", "ingest"), ("-Q gpu", "gpu"), ("uvicorn", "api"),
+         ("api.main", "api"), ("-Q housekeeping", "housekeeping"), ("valkey", "broker"), ("redis-server", "broker"))
 
 
 # --- calls -------------------------------------------------------------------------------------------
@@ -113,6 +113,7 @@ class Samples:
     device_used: list[int] = field(default_factory=list)
     process_used: list[int] = field(default_factory=list)
     cpu: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid -> (role, cpu seconds so far)
+    rss_peak: dict[str, int] = field(default_factory=dict)  # role -> the largest sum of its processes' RSS
     polls_ms: list[float] = field(default_factory=list)
     first_batch_s: float | None = None
     first_result_s: float | None = None
@@ -148,13 +149,17 @@ def sample_gpu(samples: Samples, stop: threading.Event, index: int) -> None:
 
 def sample_cpu(samples: Samples, stop: threading.Event, root: psutil.Process) -> None:
     while not stop.is_set():
+        rss: dict[str, int] = {}
         for proc in [root, *root.children(recursive=True)]:
             try:
                 t = proc.cpu_times()
                 role = samples.cpu.get(proc.pid, (None, 0))[0] or role_of(proc)
                 samples.cpu[proc.pid] = (role, t.user + t.system)
+                rss[role] = rss.get(role, 0) + proc.memory_info().rss
             except psutil.Error:
                 pass
+        for role, used in rss.items():
+            samples.rss_peak[role] = max(samples.rss_peak.get(role, 0), used)
         time.sleep(0.5)
 
 
@@ -380,6 +385,8 @@ def main() -> None:
         "peak_device_used_gib": max(samples.device_used or [0]) / gib,
         "peak_gpu_worker_gib": max(samples.process_used or [0]) / gib,
         "gpu_memory_budget_gb": args.gpu_memory_gb, "cpu_seconds_by_role": by_role,
+        "vad_device": os.environ.get("SPEECHQ_VAD_DEVICE", "cpu"),
+        "rss_peak_gib_by_role": {k: round(v / 2**30, 3) for k, v in samples.rss_peak.items()},
         "cpu_cores_busy_by_role": {k: v / wall for k, v in by_role.items()},
         "status_poll_ms_p50": float(np.percentile(polls, 50)), "status_poll_ms_p99": float(np.percentile(polls, 99)),
         "polls": len(samples.polls_ms), **n, "cores": os.cpu_count(), "commit": commit(),

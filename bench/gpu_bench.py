@@ -4,6 +4,11 @@ Prints a markdown table and writes one JSON object per measured system. Random w
 size (written by speechq in the released layout); they say nothing of accuracy, everything of speed.
 
     python -m bench.gpu_bench --out bench/results/gpu-$(date +%F).json
+
+The cost of word timings (a job option: workers.models.alignment on the timed segments): the GPU worker's
+engine alone, every segment timed and none, and the host seconds spent aligning:
+
+    python -m bench.gpu_bench --only engine --word-timings both --out bench/results/gpu-timings.json
 """
 
 from __future__ import annotations
@@ -178,8 +183,12 @@ def main() -> None:
     p.add_argument("--batch-seconds", type=float, default=1200.0, help="ours: the worker's default budget")
     p.add_argument("--peak-tflops", type=float, default=790.0)
     p.add_argument("--skip", default="eager-e2v", help="comma-separated system names to skip")
-    p.add_argument("--only", default="all", choices=["all", "sensevoice", "emotion2vec"],
-                   help="run one model's systems (the whole set outlasts one 10-minute device call)")
+    p.add_argument("--only", default="all", choices=["all", "sensevoice", "emotion2vec", "engine"],
+                   help="run one model's systems, or only the GPU worker's engine (the whole set outlasts one "
+                        "10-minute device call)")
+    p.add_argument("--word-timings", default="off", choices=["off", "on", "both"],
+                   help="the engine's runs: no segment timed, every segment timed (as jobs with word_timings), or "
+                        "both, to measure their cost")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -195,6 +204,10 @@ def main() -> None:
     dev = bench.device
     log.info("%d segments, %.0f s of audio on %s", len(wavs), sum(map(len, wavs)) / 16000, bench.gpu)
 
+    if args.only == "engine":
+        engine_runs(bench, dirs, wavs, args, None)
+        finish(bench, {}, args)
+        return
     fid = {} if "fidelity" in skip else fidelity(dirs, wavs[:8], dev)
     log.info("fidelity: %s", fid)
     if args.out:
@@ -306,25 +319,52 @@ def main() -> None:
     if "e2v-16+8" not in e_flops or "both" in skip:
         finish(bench, fid, args)
         return
+    engine_runs(bench, dirs, wavs, args, sv_flops + e_flops["e2v-16+8"])
+    finish(bench, fid, args)
+
+
+def engine_runs(bench: Bench, dirs, wavs, args, gflop_per_s: float | None) -> None:
+    """The GPU worker's engine on every segment, as the worker runs batches (all queued, then collected), with
+    word timings off and/or on (`--word-timings`); the host seconds in the alignment are counted apart."""
     from shared.config import Settings
     from workers.gpu.engine import Engine
+    from workers.models import alignment
 
+    dev = bench.device
+    groups = [[wavs[i] for i in g] for g in batches(wavs, args.batch_seconds)]
     t0 = time.perf_counter()
     engine = Engine(Options.from_settings(Settings(batch_seconds=args.batch_seconds), dev), dirs["sensevoice"],
                     dirs["e2v-16+8"], dev)
     log.info("GPU worker engine ready in %.1f s", time.perf_counter() - t0)
+    aligning = [0.0]
+    align = alignment.align
 
-    def run_both():
-        flights = [engine.submit(ws, ["auto"] * len(ws), [True] * len(ws)) for ws in groups]
-        for f in flights:
-            f.results()
+    def timed_align(*a, **k):
+        start = time.perf_counter()
+        try:
+            return align(*a, **k)
+        finally:
+            aligning[0] += time.perf_counter() - start
 
-    run_both()
-    bench.measure("speechq both models on every segment (the GPU worker's engine)",
-                  "SenseVoiceSmall + emotion2vec+ large (16+8)", wavs, run_both, sv_flops + e_flops["e2v-16+8"],
-                  notes="workers.gpu.engine.Engine with the default options (packed, compiled layers, CUDA graphs); "
-                        "audio staged once for both models", repeat=2)
-    finish(bench, fid, args)
+    alignment.align = timed_align
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.word_timings]
+    for timed in modes:
+        def run_both(timed=timed):
+            flights = [engine.submit(ws, ["auto"] * len(ws), [True] * len(ws), [timed] * len(ws)) for ws in groups]
+            for f in flights:
+                f.results()
+
+        run_both()
+        aligning[0] = 0.0
+        rec = bench.measure(f"speechq both models on every segment (the GPU worker's engine), word timings "
+                            f"{'on' if timed else 'off'}", "SenseVoiceSmall + emotion2vec+ large (16+8)", wavs,
+                            run_both, gflop_per_s, repeat=2,
+                            notes="workers.gpu.engine.Engine with the default options (packed, compiled layers, "
+                                  "CUDA graphs); audio staged once for both models")
+        if timed:
+            rec.notes += f"; alignment on the host: {aligning[0] / 2:.2f} s a run"
+            log.info("alignment: %.2f s of host time a run", aligning[0] / 2)
+    alignment.align = align
 
 
 def finish(bench, fid, args) -> None:

@@ -8,6 +8,9 @@ the pollers go on; status latency is reported per time window (flat means the p9
 
 It starts the stack itself (embedded Valkey and SQLite in a temporary folder, or `--database-url` /
 `--redis-url`; CPU workers; tiny random-weight models as the tests use), or measures a running API (`--api`).
+Every request carries an API key, as a deployment's clients do (the stack started here creates one; with
+`--api`, pass `--api-key` or leave it out for a keyless loopback API). The stack started here allows
+`--jobs` jobs in flight (SPEECHQ_MAX_JOBS_IN_FLIGHT), since all of them come from one key.
 Bounded: `--time-limit` seconds for everything.
 
     python -m bench.load_bench --jobs 200 --uploaders 20 --pollers 8 --files 10000 --time-limit 900
@@ -161,12 +164,13 @@ class Load:
         return {j["id"]: j["state"] for j in r.json() if (j.get("name") or "").startswith(self.run)}
 
 
-async def measure(api: str, jobs: int, uploaders: int, pollers: int, files: int, seconds: float, window: float,
-                  poll_interval: float, time_limit: float) -> dict:
+async def measure(api: str, key: str | None, jobs: int, uploaders: int, pollers: int, files: int, seconds: float,
+                  window: float, poll_interval: float, time_limit: float) -> dict:
     deadline = time.monotonic() + time_limit
     run = f"load-{uuid.uuid4().hex[:6]}"
     limits = httpx.Limits(max_connections=uploaders + pollers + 4, max_keepalive_connections=uploaders + pollers)
-    async with httpx.AsyncClient(base_url=api, limits=limits) as http:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=api, limits=limits, headers=headers) as http:
         load = Load(http, run, poll_interval)
         polling = [asyncio.create_task(load.poller()) for _ in range(pollers)]
         # Phase 1: many small jobs at once.
@@ -223,8 +227,11 @@ async def measure(api: str, jobs: int, uploaders: int, pollers: int, files: int,
 
 
 @contextmanager
-def stack(database_url: str | None, redis_url: str | None, files: int, keep: bool):
-    """The whole stack on this machine (CPU workers, tiny random-weight models) in a temporary data folder."""
+def stack(database_url: str | None, redis_url: str | None, jobs: int, files: int, keep: bool):
+    """The whole stack on this machine (CPU workers, tiny random-weight models) in a temporary data folder; yields
+    (the stack, an API key created in its database)."""
+    from api import keys
+    from shared.db import session_scope
     from api.stack import Stack
     from shared.config import Settings, get_settings
     from shared.models import random_init
@@ -234,7 +241,8 @@ def stack(database_url: str | None, redis_url: str | None, files: int, keep: boo
     random_init.write_emotion2vec(data / "models" / "emotion2vec_plus_large", "tiny", seed=2)
     env = {"SPEECHQ_DATA_DIR": str(data), "SPEECHQ_API_PORT": str(free_port()),
            "SPEECHQ_EMBEDDED_REDIS_PORT": str(free_port()), "SPEECHQ_MAX_ARCHIVE_MEMBERS": str(max(5000, files + 10)),
-           "SPEECHQ_BATCH_SECONDS": "120", "SPEECHQ_BATCH_FLUSH_SECONDS": "2"}
+           "SPEECHQ_BATCH_SECONDS": "120", "SPEECHQ_BATCH_FLUSH_SECONDS": "2",
+           "SPEECHQ_MAX_JOBS_IN_FLIGHT": str(jobs + 10)}
     unset = [k for k in ("DATABASE_URL", "REDIS_URL") if k in os.environ]
     env.update({k: v for k, v in {"DATABASE_URL": database_url, "REDIS_URL": redis_url}.items() if v})
     with mock.patch.dict(os.environ, env):
@@ -246,7 +254,9 @@ def stack(database_url: str | None, redis_url: str | None, files: int, keep: boo
         try:
             s.start()
             console.print(f"stack up: {s.api_url} (data {data}, ingest processes {s.ingest_concurrency})")
-            yield s
+            with session_scope(s.settings.database) as db:
+                _row, key = keys.create(db, "load bench")
+            yield s, key
         finally:
             s.stop()
             get_settings.cache_clear()
@@ -291,6 +301,9 @@ def main(jobs: Annotated[int, typer.Option(help="Small jobs to submit in phase 1
          poll_interval: Annotated[float, typer.Option(help="Pause of each poller between reads")] = 0.1,
          time_limit: Annotated[float, typer.Option(help="Seconds for the whole measurement")] = 900.0,
          api: Annotated[Optional[str], typer.Option(help="Measure this running API instead of starting one")] = None,
+         api_key: Annotated[Optional[str], typer.Option(envvar="SPEECHQ_API_KEY",
+                                                        help="The key for --api (none: a keyless loopback API)")
+                            ] = None,
          database_url: Annotated[Optional[str], typer.Option(help="For the stack started here")] = None,
          redis_url: Annotated[Optional[str], typer.Option(help="For the stack started here")] = None,
          keep: Annotated[bool, typer.Option(help="Keep the temporary data folder (logs)")] = False,
@@ -299,10 +312,10 @@ def main(jobs: Annotated[int, typer.Option(help="Small jobs to submit in phase 1
     args = (jobs, uploaders, pollers, files, file_seconds, window, poll_interval, time_limit)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown the figures
     if api:
-        result = asyncio.run(measure(api, *args))
+        result = asyncio.run(measure(api, api_key, *args))
     else:
-        with stack(database_url, redis_url, files, keep) as s:
-            result = asyncio.run(measure(s.api_url, *args))
+        with stack(database_url, redis_url, jobs, files, keep) as (s, key):
+            result = asyncio.run(measure(s.api_url, key, *args))
     result.update(date=date.today().isoformat(), commit=commit(), cpus=os.cpu_count(),
                   database="given" if api else (database_url.split(":", 1)[0] if database_url else "sqlite"))
     show(result)

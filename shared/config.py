@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         "auto", description="FSMN-VAD network on the CPU. fp32 and mixed (bf16, with frames near the decision "
                             "threshold recomputed in fp32) give funasr's segments; bf16 alone now and then moves "
                             "a boundary by one 10 ms frame. auto: mixed on CPUs with native bf16, else fp32.")
+    vad_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="Where an ingest process runs the FSMN-VAD network. cuda (an option for GPU hosts): "
+                           "its bf16 pass runs on the host's GPU (the first of SPEECHQ_GPU_DEVICES) and only the "
+                           "frames near the threshold are recomputed in fp32 on the CPU, so the segments stay "
+                           "funasr's and the CPU keeps only decoding and features.")
     vad_block_seconds: float = Field(
         60.0, gt=0, le=600, description="FSMN-VAD works on blocks of this many seconds per stream (memory per "
                                         "channel is about 20 MB per 60 s).")
@@ -41,6 +46,9 @@ class Settings(BaseSettings):
                              "scale with more worker processes, one per core, not with threads.")
     ingest_group_files: int = Field(
         4, ge=1, description="Files one ingest task takes at once: the VAD runs on all their channels together.")
+    ingest_first_files: int = Field(
+        4, ge=0, description="The first files of every job go one per ingest task, so that its first GPU batch "
+                             "forms early; the job's later files go in groups of SPEECHQ_INGEST_GROUP_FILES.")
     sensevoice_model_dir: Path | None = None
     emotion2vec_model_dir: Path | None = None
 
@@ -55,6 +63,9 @@ class Settings(BaseSettings):
         20_000, ge=1, description="Files one job may hold: uploads, server paths and archive members together. "
                                   "A submission over it is refused (422); an archive that would pass it fails "
                                   "before any member is extracted.")
+    max_jobs_in_flight: int = Field(
+        100, ge=1, description="Jobs not yet ended (queued or running) that one API key (keyless mode counts as one "
+                               "owner) may have; a submission over it is refused (429 with Retry-After).")
     max_channels: int = Field(
         4, ge=1, description="Channels a recording may have; more fails that file (each channel is decoded, "
                              "segmented and recognised on its own).")
@@ -71,6 +82,9 @@ class Settings(BaseSettings):
     body_grace_seconds: float = Field(
         30.0, gt=0, description="Seconds every request body may take whatever its rate (the slow-body deadline "
                                 "starts after them); also the longest wait for any one piece of a body.")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection must deliver a request's line and headers within this many seconds "
+                                "of its first byte (or of the connection opening); a slower one is closed.")
     max_header_bytes: int = Field(
         16 * 1024, ge=1024, description="Request line and headers larger than this are refused (431).")
 
@@ -99,7 +113,8 @@ class Settings(BaseSettings):
                                   "bf16 or fp16). CUDA only: the CPU runs fp32 eager.")
     gpu_write_behind: bool = Field(True, description="Store a batch's results on a side thread while the GPU "
                                                      "runs the next batch.")
-    word_timings: bool = Field(False, description="Time every token and word of SenseVoice's transcript (funasr's "
+    word_timings: bool = Field(False, description="The default of a job's `word_timings` option (a submission may "
+                               "say otherwise): time every token and word of SenseVoice's transcript (funasr's "
                                "output_timestamp=True: a CTC forced alignment on 60 ms frames), stored in the "
                                "results as `words`. Off by default: the alignment runs on the GPU worker's host "
                                "thread and cut the whole stack from 2,055x to 1,333x real time on an H100 "
@@ -146,6 +161,10 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="The key the `speechq` CLI sends (Authorization: Bearer); create one with "
                           "`speechq keys create`.")
+    api_key_cache_seconds: float = Field(
+        2.0, ge=0, description="The API remembers a verified key this long, so that a request does not hash it "
+                               "again; a revoked key is refused at most this long after `speechq keys revoke`. "
+                               "0: every request checks its key in the database.")
     flower_basic_auth: SecretStr | None = Field(
         None, description="user:password that Flower asks for in `speechq up`; unset: a random password is "
                           "written once to data_dir/flower-auth (user speechq) and `up` says where.")

@@ -19,7 +19,8 @@ def job_ended(db: Session, job: Job) -> None:
     """Called once per job, after `job.state` and `job.finished_at` are set, before the commit."""
     # The job's uploads and decoded audio leave the spool once this transaction commits (issue 13).
     storage.clean_after_commit(db, job.id, get_settings().spool)
-    # Call metrics of its done files, and PII redaction if the job asked for it (shared/analytics).
+    # Call metrics (and PII redaction, if the job asked for it) were stored as each file settled
+    # (shared/progress.settle); those of any done file still without them are computed now (shared/analytics).
     analytics_store.compute(db, job)
     # The webhook outbox: a POST of the final status to the job's callback_url, sent by the reconciler.
     webhooks.enqueue(db, job)

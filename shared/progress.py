@@ -10,6 +10,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from shared import endings
+from shared.analytics import store as analytics_store
 from shared.schema import Archive, ArchiveState, File, FileState, Job, JobState, Segment, SegmentState, utcnow
 
 ACTIVE_FILE = (FileState.queued, FileState.ingesting, FileState.segmented)
@@ -34,7 +35,8 @@ def lock_jobs(db: Session, job_ids) -> None:
 
 
 def settle(db: Session, job_ids) -> list[str]:
-    """Finish files whose segments are all done, then recount jobs. Returns jobs that ended now."""
+    """Finish files whose segments are all done (with their call analytics, in this transaction), then recount
+    jobs. Returns jobs that ended now."""
     job_ids = sorted(set(job_ids))
     if not job_ids:
         return []
@@ -43,13 +45,13 @@ def settle(db: Session, job_ids) -> list[str]:
         .where(Segment.file_id == File.id, Segment.state.in_((SegmentState.pending, SegmentState.batched)))
         .exists()
     )
-    db.execute(
-        update(File)
-        .where(File.job_id.in_(job_ids), File.state == FileState.segmented, File.duplicate_of.is_(None),
-               ~open_segments)
-        .values(state=FileState.done, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    finished = list(db.scalars(select(File.id).where(
+        File.job_id.in_(job_ids), File.state == FileState.segmented, File.duplicate_of.is_(None), ~open_segments)))
+    if finished:
+        db.execute(update(File).where(File.id.in_(finished)).values(state=FileState.done, updated_at=utcnow())
+                   .execution_options(synchronize_session=False))
+        # metrics, and redaction of a redact job's texts: raw PII stays no longer than the file's processing
+        analytics_store.settled(db, finished)
     copies = db.scalars(select(File).where(File.job_id.in_(job_ids), File.duplicate_of.is_not(None),
                                            File.state == FileState.segmented)).all()
     for copy in copies:

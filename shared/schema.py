@@ -93,7 +93,12 @@ class Job(Base):
 
     redact: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default="0",
-        doc="PII redaction asked at submission: texts are redacted when the job ends (shared/analytics).")
+        doc="PII redaction asked at submission: each file's texts are redacted when the file settles "
+            "(shared/analytics).")
+    word_timings: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default="0",
+        doc="Word timings asked at submission (default SPEECHQ_WORD_TIMINGS): the GPU worker aligns this job's "
+            "segments and stores results.words (workers/models/alignment.py).")
 
     files: Mapped[list[File]] = relationship(back_populates="job", order_by="File.name")
 
@@ -247,7 +252,7 @@ class Result(Base):
     emotion2vec_scores: Mapped[dict | None] = mapped_column(JSON)
     words: Mapped[list | None] = mapped_column(
         JSON, doc='Word timings, [{"w": text, "start_s": s, "end_s": s}] in seconds of the file (funasr\'s '
-        "output_timestamp=True); None when the GPU worker ran without SPEECHQ_WORD_TIMINGS.")
+        "output_timestamp=True); None when the job did not ask for them (jobs.word_timings).")
     asr_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     emotion_model_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

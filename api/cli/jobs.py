@@ -86,12 +86,14 @@ def unauthorized(r: httpx.Response) -> None:
 
 
 def submit_paths(api: str, paths: list[Path], labels: str | None, language: str | None, name: str | None,
-                 redact: bool = False) -> dict:
+                 redact: bool = False, word_timings: bool | None = None) -> dict:
     """Upload `paths` as one job. One Idempotency-Key for this call: a request retried after a lost connection
     or a 503 returns the job the first one created, never a second job."""
     data = {k: v for k, v in {"channel_labels": labels, "language": language, "name": name}.items() if v}
     if redact:
         data["redact"] = "true"
+    if word_timings is not None:  # unset: the server's SPEECHQ_WORD_TIMINGS
+        data["word_timings"] = "true" if word_timings else "false"
     headers = {"Idempotency-Key": str(uuid.uuid4()), **auth_headers()}
 
     def post() -> httpx.Response:
@@ -216,10 +218,13 @@ def submit(paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=Fal
            name: Annotated[Optional[str], typer.Option()] = None,
            redact: Annotated[bool, typer.Option(help="Redact PII (cards, phones, e-mails, numbers) from the texts")
                              ] = False,
+           word_timings: Annotated[Optional[bool], typer.Option(
+               "--word-timings/--no-word-timings", help="Time every word of the transcripts (default: the "
+               "server's SPEECHQ_WORD_TIMINGS)", show_default=False)] = None,
            api: ApiOpt = None) -> None:
     """Upload files or archives as one job."""
     url = api_url(api)
-    job = submit_paths(url, paths, labels, language, name, redact=redact)
+    job = submit_paths(url, paths, labels, language, name, redact=redact, word_timings=word_timings)
     console.print(f"job [bold]{job['id']}[/] queued: {len(paths)} upload(s)")
     if wait:
         st = wait_for(url, job["id"])

@@ -32,6 +32,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(requi
 SUBMITTED = {
     200: {"model": schemas.JobStatus, "description": "A retry: the job that an earlier request with the same "
           "Idempotency-Key created (nothing new is stored)"},
+    429: {"description": "The API key has SPEECHQ_MAX_JOBS_IN_FLIGHT jobs queued or running: retry after "
+          "Retry-After seconds"},
     503: {"description": "The database is unavailable (restarting or overloaded): retry after Retry-After seconds "
           "with the same Idempotency-Key"},
 }
@@ -50,6 +52,8 @@ async def create_from_upload(
                                              "from the texts; see docs/METRICS.md")] = False,
     callback_url: Annotated[str | None, Form(description="http(s) URL that gets the job's final status, signed "
                                                           "(see README, Webhooks)")] = None,
+    word_timings: Annotated[bool | None, Form(description="Time every word of the transcripts; unset: the server's "
+                                                          "SPEECHQ_WORD_TIMINGS")] = None,
 ):
     limits.check_uploads(files, settings.max_job_files)
     # The database is used on worker threads, in short transactions: none is open while files are copied.
@@ -57,6 +61,7 @@ async def create_from_upload(
     if earlier := await run_in_threadpool(submit.replay, settings, idempotency_key):
         response.status_code = status.HTTP_200_OK
         return earlier
+    await run_in_threadpool(limits.check_in_flight, settings, principal.key_id)
     row = {"id": new_id(), "idempotency_key": idempotency_key, "owner_key_id": principal.key_id, "redact": redact,
            "callback_url": _callback(settings, callback_url)}
     spool = Spool(settings.spool)
@@ -66,7 +71,7 @@ async def create_from_upload(
         with anyio.CancelScope(shield=True):  # once started, the insert finishes and its outcome is handled here
             created, out = await run_in_threadpool(
                 functools.partial(submit.store, settings, items, row, name=name, channel_labels=channel_labels,
-                                  language=language, use_itn=use_itn))
+                                  language=language, use_itn=use_itn, word_timings=word_timings))
     except TooLarge:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
                             f"upload larger than the limit of {settings.max_upload_bytes} bytes")
@@ -88,6 +93,7 @@ def create_from_paths(body: schemas.PathsRequest, response: Response, settings: 
     if earlier := submit.replay(settings, idempotency_key):
         response.status_code = status.HTTP_200_OK
         return earlier
+    limits.check_in_flight(settings, principal.key_id)
     if len(body.paths) > settings.max_job_files:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"paths: {len(body.paths)} paths, over the limit "
                             f"of {settings.max_job_files} files per job (SPEECHQ_MAX_JOB_FILES)")
@@ -101,7 +107,7 @@ def create_from_paths(body: schemas.PathsRequest, response: Response, settings: 
                                                       "owner_key_id": principal.key_id, "redact": body.redact,
                                                       "callback_url": _callback(settings, body.callback_url)},
                                     name=body.name, channel_labels=body.channel_labels, language=body.language,
-                                    use_itn=body.use_itn)
+                                    use_itn=body.use_itn, word_timings=body.word_timings)
     except SubmitError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
     if not created:

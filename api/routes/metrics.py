@@ -21,7 +21,7 @@ from shared.config import Settings, get_settings
 from shared.db import session_scope
 from shared.schema import (Batch, BatchState, DeliveryState, File, FileState, Job, JobState, Segment, SegmentState,
                            WebhookDelivery)
-from shared.tasks import HOUSEKEEPING
+from shared.tasks import HOUSEKEEPING, queue_keys
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["metrics"])
@@ -99,7 +99,7 @@ class SpeechqCollector(Collector):
             client = redis.Redis.from_url(self.settings.broker, socket_connect_timeout=2, socket_timeout=2)
             try:
                 for q in QUEUES:
-                    depth.add_metric([q], client.llen(q))
+                    depth.add_metric([q], sum(client.llen(k) for k in queue_keys(q)))  # every priority
             finally:
                 client.close()
             counts = counters.read(self.settings, counters.REENQUEUED)

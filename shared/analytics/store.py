@@ -1,8 +1,14 @@
-"""Call analytics in the database: computed in the transaction that ends a job (shared/endings.py), for every
-file of the job that is done, and read back by the API and the exports.
+"""Call analytics in the database, read back by the API and the exports.
+
+Computed per file, in the transaction that marks the file done (`settled`, called by shared/progress.settle
+when the file's last segment is stored): the cost is spread over the job's batches, and a file is never done
+without its analytics unless computing them failed. The transaction that ends a job (shared/endings.py)
+computes those of any done file that still has none (`compute`): the files whose analytics failed, and
+files marked done elsewhere (no speech at all). docs/METRICS.md says when each is visible.
 
 Metrics go to `call_metrics` (one JSON row per file). With the job option `redact`, every result's text is
-replaced by its redacted text and each replaced span is stored in `redactions` with the time it covers.
+replaced by its redacted text and each replaced span is stored in `redactions` with the time it covers: the raw
+texts of a file stay in the database only until the file settles.
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ def _words_column():
     return getattr(Result, "words", None)  # word timings (issue 15, item 1), where that migration has landed
 
 
+WORD_KEYS = ("w", "word", "text", "token")  # "w": as the GPU worker stores them (workers/gpu/results.file_words)
+
+
+def _word_text(w: dict):
+    return next((w[k] for k in WORD_KEYS if k in w), None)
+
+
 def _word_list(words) -> list[dict] | None:
     """Word timings as [{text, start_s, end_s}], or None where the stored value has another shape."""
     if not isinstance(words, list) or not words:
@@ -36,7 +49,7 @@ def _word_list(words) -> list[dict] | None:
     for w in words:
         if not isinstance(w, dict):
             return None
-        text = w.get("word", w.get("text", w.get("token")))
+        text = _word_text(w)
         start, end = w.get("start_s"), w.get("end_s")
         if not isinstance(text, str) or not isinstance(start, (int, float)) or not isinstance(end, (int, float)):
             return None
@@ -75,10 +88,31 @@ def thresholds() -> m.Thresholds:
     return m.Thresholds(silence_s=s.silence_threshold_seconds, interruption_s=s.interruption_min_seconds)
 
 
+def settled(db: Session, file_ids) -> None:
+    """Metrics (and redaction, for the files of a job that asked for it) of files that became done in the
+    caller's transaction, inside a savepoint: an error is logged and rolls back only the analytics, never the
+    files' state; the job's ending computes them again (`compute`)."""
+    file_ids = sorted(set(file_ids))
+    if not file_ids:
+        return
+    try:
+        with db.begin_nested():
+            t0 = time.perf_counter()
+            files = db.execute(select(File.id, File.duration_s, File.job_id, Job.redact)
+                               .join(Job, Job.id == File.job_id)
+                               .where(File.id.in_(file_ids), File.duplicate_of.is_(None))).all()
+            redacted = _files(db, [(fid, duration, job_id, bool(redact)) for fid, duration, job_id, redact in files])
+            log.debug("call metrics of %d settled file(s)%s in %.3f s", len(files),
+                      f", {redacted} PII span(s) redacted" if redacted else "", time.perf_counter() - t0)
+    except Exception:  # noqa: BLE001 - the files are done whatever happens to their analytics
+        log.exception("call metrics or PII redaction of %d settled file(s) failed; their job computes them again "
+                      "when it ends", len(file_ids))
+
+
 def compute(db: Session, job: Job) -> None:
-    """Metrics of every done file of the job (and redaction, if the job asked for it), in the caller's
-    transaction, inside a savepoint: an error here is logged and rolls back only the analytics, never the
-    job's ending (the API still shows a redact job's texts redacted, as it reads them)."""
+    """At the end of a job, in its ending transaction: the analytics of its done files that have none yet
+    (their files settled with an error in `settled`, or became done without segments), inside a savepoint:
+    an error here is logged and rolls back only the analytics, never the job's ending."""
     try:
         with db.begin_nested():
             _compute(db, job)
@@ -88,27 +122,39 @@ def compute(db: Session, job: Job) -> None:
 
 
 def _compute(db: Session, job: Job) -> None:
-    """Files are read FILES_PER_STEP at a time."""
     t0 = time.perf_counter()
+    has_metrics = select(CallMetrics.file_id).where(CallMetrics.file_id == File.id).exists()
     files = db.execute(select(File.id, File.duration_s).where(
-        File.job_id == job.id, File.state == FileState.done, File.duplicate_of.is_(None))
+        File.job_id == job.id, File.state == FileState.done, File.duplicate_of.is_(None), ~has_metrics)
         .order_by(File.id)).all()
+    if not files:
+        return
+    redacted = _files(db, [(fid, duration, job.id, bool(job.redact)) for fid, duration in files])
+    log.info("job %s: call metrics of %d file(s) left without them as they settled%s, in %.2f s", job.id,
+             len(files), f", {redacted} PII span(s) redacted" if job.redact else "", time.perf_counter() - t0)
+
+
+def _files(db: Session, files: list[tuple[str, float | None, str, bool]]) -> int:
+    """Metrics of (file id, duration, job id, redact) files, replacing any stored ones, and redaction of
+    those whose job asked for it; FILES_PER_STEP files are read at a time. Returns the spans redacted."""
     limits = thresholds()
     redacted = 0
     for at in range(0, len(files), FILES_PER_STEP):
         step = files[at:at + FILES_PER_STEP]
-        ids = [fid for fid, _ in step]
+        ids = [fid for fid, *_ in step]
         per_file, labels = utterances(db, ids)
-        rows = [{"file_id": fid, "job_id": job.id, "version": m.VERSION,
+        rows = [{"file_id": fid, "job_id": job_id, "version": m.VERSION,
                  "metrics": m.call_metrics(per_file.get(fid, []), duration or 0.0, labels.get(fid, {}), limits)}
-                for fid, duration in step]
+                for fid, duration, job_id, _ in step]
         db.execute(delete(CallMetrics).where(CallMetrics.file_id.in_(ids)))
-        if rows:
-            db.execute(insert(CallMetrics), rows)
-        if job.redact:
-            redacted += redact_files(db, job.id, ids, per_file)
-    log.info("job %s: call metrics of %d file(s)%s in %.2f s", job.id, len(files),
-             f", {redacted} PII span(s) redacted" if job.redact else "", time.perf_counter() - t0)
+        db.execute(insert(CallMetrics), rows)
+        by_job: dict[str, list[str]] = defaultdict(list)
+        for fid, _, job_id, redact in step:
+            if redact:
+                by_job[job_id].append(fid)
+        for job_id, redact_ids in by_job.items():
+            redacted += redact_files(db, job_id, redact_ids, per_file)
+    return redacted
 
 
 def _span_times(u: Utterance, words: list[dict] | None, text: str, span: redaction.Span) -> tuple[int, int, str]:
@@ -135,7 +181,7 @@ def _redact_words(words, kinds: dict[int, str]):
     out = []
     for i, w in enumerate(words):
         w = dict(w)
-        key = next(k for k in ("word", "text", "token") if k in w)
+        key = next(k for k in WORD_KEYS if k in w)
         if i in kinds:
             w[key] = f"[{kinds[i]}]"
         else:
@@ -201,8 +247,8 @@ def _word_kinds(words: list[dict] | None, text: str, found: list[redaction.Span]
 
 
 def file_spans(db: Session, file_id: str) -> list[tuple[int, int, int, str]]:
-    """(channel_index, start_ms, end_ms, kind) of the file's redacted spans: stored ones once its job has
-    ended, else found now in its results (a running job)."""
+    """(channel_index, start_ms, end_ms, kind) of the file's redacted spans: stored ones once the file has
+    settled (a redact job), else found now in its results."""
     stored = db.execute(select(Redaction.channel_index, Redaction.start_ms, Redaction.end_ms, Redaction.kind)
                         .where(Redaction.file_id == file_id).order_by(Redaction.start_ms)).all()
     if stored:

@@ -95,13 +95,22 @@ def test_keys_see_only_their_own_jobs_and_delete_leaves_nothing(api, callers, tm
     assert set(b.http.get("/v1/health").json()) == {"status"}
     assert "workers" in admin.http.get("/v1/health").json()
 
-    # The logs (every process of the stack) hold no key and no transcript text.
-    logs = "\n".join(p.read_text(errors="replace") for p in api.stack.log_dir.glob("*.log"))
-    for key in (a.key, b.key, admin.key):
+    # The logs (every process of the stack, at INFO) hold no key and no transcript text: neither the keys in
+    # use, nor a well-formed key that is refused (its id is logged, its secret must not be).
+    bogus = f"sq_{'0' * 16}_" + "Zq" * 21 + "Z"
+    assert httpx.get(f"{api.url}/v1/jobs", headers={"Authorization": f"Bearer {bogus}"}).status_code == 401
+    log_files = sorted(api.stack.log_dir.glob("*.log"))
+    assert {"api.log", "ingest.log", "gpu-cpu.log"} <= {p.name for p in log_files}, log_files
+    logs = "\n".join(p.read_text(errors="replace") for p in log_files)
+    assert job in logs, "the logs are those of this stack"
+    for key in (a.key, b.key, admin.key, bogus):
         assert key.rsplit("_", 1)[1] not in logs
-    for t in texts:
-        if len(t) >= 8:  # random weights make short noise; a long one is specific enough to look for
-            assert t not in logs
+    words = {w["w"] for f in results["files"] for c in f["channels"] for s in c["segments"]
+             for w in s.get("words") or []}
+    looked_for = [t for t in set(texts) | words if len(t) >= 8]  # random weights make short noise
+    assert looked_for, f"no transcript text long enough to look for: {texts}"
+    for t in looked_for:
+        assert t not in logs, f"transcript text {t!r} in the logs"
 
     assert _traces(api, job), "the check finds the job before it is deleted"
     assert a.http.delete(f"/v1/jobs/{job}").status_code == 204

@@ -100,3 +100,47 @@ def test_upload_opts_in_with_a_form_field_and_its_audio_leaves_with_the_job(call
             break
         time.sleep(0.2)
     assert r.status_code == 409 and "no longer kept" in r.json()["detail"]
+
+
+def test_a_redact_jobs_file_is_redacted_and_measured_as_it_settles(call, api):
+    """A redact job of a short call and a long one: while the job still runs, the short call, once done, already
+    has its metrics stored and its texts redacted in the database (nothing raw is left for the job's end)."""
+    from sqlalchemy import create_engine, func, select
+
+    from shared.analytics import redaction
+    from shared.schema import CallMetrics, File, FileState, Job, JobState, Result, Segment
+
+    audio, rate = sf.read(api.imports / "barge-in.wav", dtype="float32", always_2d=True)
+    samples.write(api.imports / "long-call.wav", np.tile(audio.T, (1, 16)), rate)  # about 3.5 minutes
+    r = api.http.post("/v1/jobs/paths", json={"paths": ["barge-in.wav", "long-call.wav"], "redact": True,
+                                              "word_timings": True})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    engine = create_engine(api.database_url)
+    seen = None
+    deadline = time.monotonic() + 240
+    try:
+        while seen is None and time.monotonic() < deadline:
+            with engine.connect() as conn, conn.begin():  # one snapshot: the job's state and its files' rows
+                state = conn.scalar(select(Job.state).where(Job.id == job_id))
+                if state not in (JobState.queued, JobState.running):
+                    break
+                done = conn.scalars(select(File.id).where(File.job_id == job_id, File.state == FileState.done)).all()
+                if done:
+                    measured = conn.scalar(select(func.count()).select_from(CallMetrics)
+                                           .where(CallMetrics.file_id.in_(done)))
+                    stored = conn.execute(select(Result.text, Result.words).join(Segment, Segment.id == Result.segment_id)
+                                          .where(Segment.file_id.in_(done))).all()
+                    seen = (done, measured, stored)
+            api.stack.supervise_once()
+            time.sleep(0.1)
+    finally:
+        engine.dispose()
+    assert seen is not None, f"no file of job {job_id} was seen done while the job ran (state {state})"
+    done, measured, stored = seen
+    assert measured == len(done), "a settled file has its metrics before the job ends"
+    assert stored, "the settled file has results"
+    for text, words in stored:  # nothing left to redact in what is stored, words included
+        assert redaction.redact(text)[0] == text
+        assert all(redaction.redact(w["w"])[0] == w["w"] for w in words or [])
+    assert api.wait(job_id)["state"] == "done"

@@ -22,7 +22,8 @@ def test_webhook_export_and_metrics(api, tmp_path):
     receiver = Receiver([500])  # the first attempt fails: the reconciler retries after the backoff
     try:
         call = samples.stereo_g711_call(tmp_path / "call.wav")
-        job = api.submit([call], name="handover", callback_url=receiver.url)
+        job = api.submit([call], name="handover", callback_url=receiver.url, word_timings="true")
+        assert job["word_timings"] is True
         st = api.wait(job["id"])
         assert st["state"] == "done", st
         deadline = time.monotonic() + 90
@@ -40,6 +41,11 @@ def test_webhook_export_and_metrics(api, tmp_path):
 
     results = api.results(job["id"])
     (f,) = results["files"]
+    for c in f["channels"]:  # word timings, asked by the job: in seconds of the file, within their segment
+        for s in c["segments"]:
+            assert isinstance(s["words"], list), s
+            assert all(s["start_s"] <= w["start_s"] <= w["end_s"] <= s["end_s"] + 0.06 for w in s["words"])
+    assert any(c["segments"] for c in f["channels"])
     segments = sorted((c["label"], s["start_s"]) for c in f["channels"] for s in c["segments"])
     rows = [json.loads(x) for x in api.http.get(f"/v1/jobs/{job['id']}/export").text.splitlines()]
     assert sorted((r["channel"], r["start_s"]) for r in rows) == segments
@@ -56,3 +62,42 @@ def test_webhook_export_and_metrics(api, tmp_path):
     assert samples_[("speechq_jobs", (("state", "done"),))] >= 1
     assert samples_[("speechq_batch_latency_seconds_count", ())] >= 1
     assert sum(v for (n, _), v in samples_.items() if n == "speechq_gpu_busy_seconds_total") > 0
+
+
+def test_word_timings_are_a_job_option(api, tmp_path):
+    """The stack's default (SPEECHQ_WORD_TIMINGS=true in tests/e2e/conftest.py) is overridden per job: a job that
+    says no stores no words, in the API and in the database, while one that asks gets them."""
+    from sqlalchemy import create_engine, select
+
+    from shared.schema import Result
+
+    need_espeak()
+    call = samples.stereo_g711_call(tmp_path / "untimed.wav")
+    without = api.submit([call], word_timings="false")
+    timed = api.http.post("/v1/jobs/paths", json={"paths": [_imported(api, call).name], "word_timings": True})
+    assert timed.status_code == 201, timed.text
+    timed = timed.json()
+    assert without["word_timings"] is False and timed["word_timings"] is True
+    for job in (without, timed):
+        assert api.wait(job["id"])["state"] == "done"
+    engine = create_engine(api.database_url)
+    try:
+        with engine.connect() as conn:
+            stored = {job["id"]: conn.scalars(select(Result.words).where(Result.job_id == job["id"])).all()
+                      for job in (without, timed)}
+    finally:
+        engine.dispose()
+    assert stored[without["id"]] and all(w is None for w in stored[without["id"]]), "a job without timings stores none"
+    assert stored[timed["id"]] and all(isinstance(w, list) for w in stored[timed["id"]]), \
+        "a job with word timings stores them on every result"
+    segments = [s for f in api.results(without["id"])["files"] for c in f["channels"] for s in c["segments"]]
+    assert segments and all(s["words"] is None for s in segments)
+    segments = [s for f in api.results(timed["id"])["files"] for c in f["channels"] for s in c["segments"]]
+    assert segments and all(isinstance(s["words"], list) for s in segments)
+
+
+def _imported(api, path):
+    """A copy of `path` under the stack's import root, for a submission by server-side path."""
+    target = api.imports / path.name
+    target.write_bytes(path.read_bytes())
+    return target

@@ -61,7 +61,9 @@ def build_models(sv_automodel, e2v_automodel, device: torch.device,
     """Both batched forwards on `device`, optimised as `options` say."""
     if device.type == "cuda":  # before compiling: the attention backend is chosen at trace time
         torch.backends.cuda.enable_cudnn_sdp(False)  # cuDNN plans anew for every batch shape (BENCHMARKS.md)
-    sensevoice = SenseVoice(sv_automodel, device, options.torch_dtype, packed=options.packed, timings=options.timings)
+    # word timings are a job option (jobs.word_timings): the host copy of the CTC head is always kept, and
+    # each batch copies back its frames and aligns only the segments whose job asked (Engine._launch)
+    sensevoice = SenseVoice(sv_automodel, device, options.torch_dtype, packed=options.packed, timings=True)
     emotion = Emotion2vec(e2v_automodel, device, options.torch_dtype)
     optimise(sensevoice, emotion, options)
     return sensevoice, emotion
@@ -109,22 +111,30 @@ class Engine:
             wavs = [(0.05 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in seconds]
             self.run(wavs, ["auto"] * n, [True] * n)
 
-    def run(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> list[SegmentResult]:
-        return self.submit(wavs, languages, itn).results()
+    def run(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool],
+            timed: list[bool] | None = None) -> list[SegmentResult]:
+        return self.submit(wavs, languages, itn, timed).results()
 
-    def submit(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> InFlight | Chunked:
+    def submit(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool],
+               timed: list[bool] | None = None) -> InFlight | Chunked:
         """Queue both models on the device and return at once: the audio goes up once for both, and
         the host is free to fetch and stage the next batch while the device works. A batch larger than
-        the memory budget's forward runs as several; one that runs out of memory is halved."""
+        the memory budget's forward runs as several; one that runs out of memory is halved. `timed`:
+        per segment, whether its job asked for word timings (none when not given)."""
+        timed = [False] * len(wavs) if timed is None else list(timed)
         seconds = np.array([len(w) for w in wavs], dtype=np.float64) / 16000
         parts = memory.chunks(seconds, self.chunk_seconds)
         if len(parts) <= 1:
-            return self._fitting(wavs, languages, itn)
-        return Chunked([self._fitting(wavs[p], languages[p], itn[p]) for p in parts])
+            return self._fitting(wavs, languages, itn, timed)
+        return Chunked([self._fitting(wavs[p], languages[p], itn[p], timed[p]) for p in parts])
 
-    def _fitting(self, wavs, languages, itn) -> InFlight | Chunked:
+    def _fitting(self, wavs, languages, itn, timed) -> InFlight | Chunked:
         try:
-            return self._launch(wavs, languages, itn)
+            # the frames the alignment needs come back to the host only for a forward with a timed segment
+            self.sensevoice.timings = any(timed)
+            flight = self._launch(wavs, languages, itn)
+            flight.timed = timed
+            return flight
         except torch.OutOfMemoryError:
             if len(wavs) < 2:
                 raise
@@ -133,8 +143,8 @@ class Engine:
         half = len(wavs) // 2
         log.warning("out of GPU memory on %d segments (%.0f s of audio): running them as two halves",
                     len(wavs), sum(len(w) for w in wavs) / 16000)
-        return Chunked([self._fitting(wavs[:half], languages[:half], itn[:half]),
-                        self._fitting(wavs[half:], languages[half:], itn[half:])])
+        return Chunked([self._fitting(wavs[:half], languages[:half], itn[:half], timed[:half]),
+                        self._fitting(wavs[half:], languages[half:], itn[half:], timed[half:])])
 
     def _launch(self, wavs: list[np.ndarray], languages: list[str], itn: list[bool]) -> InFlight:
         if not wavs:
@@ -187,6 +197,7 @@ class InFlight:
     tokens: Pending | None
     emotions: EmotionPending | None
     span: Span
+    timed: list[bool] | None = None  # per segment: align it (its job asked for word timings); set by the engine
 
     def device_seconds(self) -> float:
         return self.span.seconds()
@@ -194,8 +205,27 @@ class InFlight:
     def results(self) -> list[SegmentResult]:
         if self.tokens is None:
             return []
-        transcripts = self.tokens.transcripts()
+        transcripts = timed_transcripts(self.tokens, self.timed or [])
         return [SegmentResult(t, e) for t, e in zip(transcripts, self.emotions.results())]
+
+
+def timed_transcripts(pending: Pending, timed: list[bool]) -> list[Transcript]:
+    """The batch's transcripts, with tokens and words on the `timed` segments only: the alignment runs on
+    those alone (the others keep tokens and words None)."""
+    if pending.frames is None or all(timed):  # none timed (no frames came back), or all
+        return pending.transcripts()
+    rows = pending.rows()
+    hidden, lse = (pending._split(x) for x in pending.frames)  # noqa: SLF001 - the same split as the rows'
+    chosen = [i for i, t in enumerate(timed) if t]
+    rest = [i for i, t in enumerate(timed) if not t]
+    model = pending.model
+    out: list[Transcript | None] = [None] * len(rows)
+    aligned = model.decode([rows[i] for i in chosen], ([hidden[i] for i in chosen], [lse[i] for i in chosen]))
+    for i, t in zip(chosen, aligned):
+        out[i] = t
+    for i, t in zip(rest, model.decode([rows[i] for i in rest])):
+        out[i] = t
+    return out
 
 
 @dataclass

@@ -104,6 +104,8 @@ def _flush_writes(**_kwargs):
 
 
 def claim_batch(batch_id: str, worker: str):
+    """The batch, claimed (None if another worker has it or it gave up), with the ids of its segments
+    whose job asked for word timings."""
     with session_scope() as db:
         if not claims.claim(db, Batch, batch_id, BatchState.queued, BatchState.running, worker=worker,
                             started_at=utcnow()):  # done minus started: the GPU worker's busy time (/metrics)
@@ -114,8 +116,10 @@ def claim_batch(batch_id: str, worker: str):
             fail_batch(db, batch, error)
             remove_batch(Path(batch.path))
             return None
+        timed = set(db.scalars(select(Segment.id).join(Job, Job.id == Segment.job_id)
+                               .where(Segment.batch_id == batch_id, Job.word_timings.is_(True))))
         db.expunge(batch)
-        return batch
+        return batch, timed
 
 
 def fail_batch(db, batch: Batch, message: str) -> None:
@@ -151,9 +155,10 @@ def run_batch(self, batch_id: str) -> None:
     settings = get_settings()
     t0 = time.perf_counter()
     hostname = self.request.hostname or "?"
-    batch = claim_batch(batch_id, hostname)
-    if batch is None:
+    claimed = claim_batch(batch_id, hostname)
+    if claimed is None:
         return
+    batch, timed = claimed
     engine = load_engine(hostname)
     if engine is None:
         with session_scope() as db:
@@ -175,7 +180,8 @@ def run_batch(self, batch_id: str) -> None:
     ids = [str(x) for x in data["segment_ids"]]
     t2 = time.perf_counter()
     with exit_on_cuda_error():
-        flight = engine.submit(wavs, [str(x) for x in data["languages"]], [bool(x) for x in data["itn"]])
+        flight = engine.submit(wavs, [str(x) for x in data["languages"]], [bool(x) for x in data["itn"]],
+                               [sid in timed for sid in ids])
     t3 = time.perf_counter()
     self.send_event("task-progress", batch=batch_id, segments=len(ids), audio_seconds=batch.audio_seconds,
                     seconds=round(t3 - t0, 3))

@@ -235,10 +235,11 @@ def expand_archive(archive_id: str) -> None:
     Path(archive.path).unlink(missing_ok=True)
     if error:
         log.warning("archive %s: %s", archive.name, error)
+    # The members stand in the job after the files it held before this archive: their priority follows.
     for n in inner:
-        tasks.send_archive(n["id"], n["job_id"], n["name"])
+        tasks.send_archive(n["id"], n["job_id"], n["name"], position=job_files)
     queued = [tasks.FileRef(r["id"], r["job_id"], r["name"]) for r in fresh if r.get("state") == FileState.queued]
-    tasks.send_files(queued)
+    tasks.send_new_files(queued, start=job_files)
     skipped = sum(1 for r in fresh if r.get("state") == FileState.skipped)
     log.info("expanded %s: %d members, %d queued, %d skipped", archive.name, len(new), len(queued), skipped)
     failures = [(archive.name, error)] if error else []

@@ -2,6 +2,8 @@
 
 Segments from many files and jobs share a batch (length bucketing). A partial batch waits for
 more segments until its jobs have nothing left to ingest, or it has waited batch_flush_seconds.
+A batch's priority on the GPU queue is that of the least advanced of its jobs (tasks.priority of the
+job's files ended so far), so a new job's first batch overtakes the queued batches of a long one.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def _batch(force_flush: bool) -> list[str]:
             return []
         busy_jobs = set(db.scalars(
             select(File.job_id).where(File.state.in_((FileState.queued, FileState.ingesting))).distinct()))
+        at = tasks.positions(db, [r.job_id for r in rows])
     items = [Item(r.id, (r.end_ms - r.start_ms) / 1000.0) for r in rows]
     batches, leftover = by_length(items, settings.batch_seconds)
     if leftover:
@@ -58,13 +61,29 @@ def _batch(force_flush: bool) -> list[str]:
         if force_flush or waited or not any(by_id[i.id].job_id in busy_jobs for i in leftover):
             more, _ = by_length(leftover, settings.batch_seconds, flush=True)
             batches += more
-    created = [_make_batch([i.id for i in b]) for b in batches]
-    created = [b for b in created if b]
-    for batch_id in created:
-        tasks.send_batch(batch_id)  # by name: the CPU side never imports the GPU worker's code
+    job_of = {r.id: r.job_id for r in rows}
+    made = [(_make_batch([i.id for i in b]), min(at.get(job_of[i.id], 0) for i in b)) for b in batches]
+    created = [batch_id for batch_id, _ in made if batch_id]
+    for batch_id, position in made:
+        if batch_id:  # by name: the CPU side never imports the GPU worker's code
+            tasks.send_batch(batch_id, position=position)  # a batch goes at the priority of its least advanced job
     if created:
         log.info("cut %d segments into %d batch(es)", sum(len(b) for b in batches), len(created))
     return created
+
+
+def positions(db, batch_ids: list[str]) -> dict[str, int]:
+    """Each batch's position for its priority: that of the least advanced job among its segments'."""
+    if not batch_ids:
+        return {}
+    pairs = db.execute(select(Segment.batch_id, Segment.job_id).where(Segment.batch_id.in_(batch_ids))
+                       .distinct()).all()
+    at = tasks.positions(db, [job_id for _, job_id in pairs])
+    out: dict[str, int] = {}
+    for batch_id, job_id in pairs:
+        position = at.get(job_id, 0)
+        out[batch_id] = min(out.get(batch_id, position), position)
+    return out
 
 
 def _make_batch(segment_ids: list[str]) -> str | None:

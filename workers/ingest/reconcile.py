@@ -84,15 +84,18 @@ def reconcile() -> dict:
         running = list(db.scalars(select(Job.id).where(Job.state == JobState.running)))
         progress.lock_jobs(db, running)
         progress.settle(db, running)
+        # Work sent again keeps a sane priority: its job's position (files ended so far), not the front.
+        at = tasks.positions(db, [f.job_id for f in files] + [a.job_id for a in stuck])
+        batch_at = batching.positions(db, batches)
     # Rows still `running` cannot be touched (the claim takes over only stale rows): remember them instead.
     stuck = _reminders.due(stuck, key=lambda a: a[0])
     files = _reminders.due(files, key=lambda f: f.id)
     batches = _reminders.due(batches)
     for archive_id, job_id, name in stuck:
-        tasks.send_archive(archive_id, job_id, name)
-    tasks.send_files(files)
+        tasks.send_archive(archive_id, job_id, name, position=at.get(job_id, 0))
+    tasks.resend_files(files, at)
     for batch_id in batches:
-        tasks.send_batch(batch_id)
+        tasks.send_batch(batch_id, position=batch_at.get(batch_id, 0))
     made = batching.batch_pending()
     counters.add(settings, counters.REENQUEUED, archives=len(stuck), files=len(files), batches=len(batches))
     try:

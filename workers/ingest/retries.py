@@ -40,9 +40,11 @@ def split(file_ids: list[str]) -> bool:
     fresh = [tasks.FileRef(r.id, r.job_id, r.name) for r in rows if r.attempts == 0]
     log.warning("an earlier task on this group of %d file(s) did not finish: running %s alone", len(file_ids),
                 ", ".join(f.name for f in tried))
+    with session_scope() as db:  # sent at the job's position (how far it has got), as the reconciler does
+        position = tasks.positions(db, [r.job_id for r in rows]).get(rows[0].job_id, 0)
     for ref in tried:
-        tasks.send_files([ref])
-    tasks.send_files(fresh)
+        tasks.send_files([ref], start=position)
+    tasks.send_files(fresh, start=position)
     return True
 
 
@@ -57,9 +59,10 @@ def again_alone(file_id: str, exc: BaseException) -> None:
         f.state, f.error, f.updated_at = FileState.queued, message, utcnow()
         ref = tasks.FileRef(f.id, f.job_id, f.name)
         attempts = f.attempts
+        position = tasks.positions(db, [f.job_id]).get(f.job_id, 0)
     log.warning("file %s (%s) raised %s on attempt %d of %d; trying it again alone", ref.id, ref.name, message,
                 attempts, get_settings().max_attempts)
-    tasks.send_files([ref])
+    tasks.send_files([ref], start=position)
 
 
 def why_given_up(f: File) -> str:

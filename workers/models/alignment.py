@@ -6,8 +6,10 @@ frames, set the blank's to 0 where blank is the best token, force-align the piec
 (Viterbi, `ctc_forced_align`), and give every run of a non-blank piece the times
 `max(60 f - 30, 0)` .. `60 f' - 30` ms; `post` then joins pieces into words.
 
-Here the same values come from one Viterbi over the whole batch (`viterbi`, vectorised over
-segments and states; ties are broken as funasr breaks them), on emissions gathered for each
+Here the same values come from one Viterbi per group of like-sized segments of the batch (`groups`:
+a whole batch padded to its longest segment and its most pieces is mostly padding, which cost 3-4x
+the host time; `viterbi` is vectorised over segments and states; ties are broken as funasr breaks
+them), on emissions gathered for each
 segment's own pieces only: the encoder output of a frame times the CTC head's rows of those
 pieces, less the frame's log-sum-exp over the vocabulary (computed on the device with the
 forward). Nothing of the size of the vocabulary leaves the device.
@@ -156,15 +158,34 @@ def align(tokenizer, texts: list[str], best: list[np.ndarray], hidden: list[torc
     todo, states, columns, tokens = ([x[j] for j in longest_first] for x in (todo, states, columns, tokens))
     frames = np.array([len(best[i]) - QUERY_FRAMES for i in todo])
     nstates = np.array([len(st) for st in states])
-    skips = np.zeros((len(todo), int(nstates.max())), dtype=bool)
-    for j, st in enumerate(states):  # a target may skip the blank before it unless it repeats the one before
-        skips[j, 2: len(st)] = st[2:] != st[:-2]
-    emit = emissions([hidden[i][QUERY_FRAMES:] for i in todo], [lse[i][QUERY_FRAMES:] for i in todo],
-                     [best[i][QUERY_FRAMES:] for i in todo], columns, states, weight, bias, blank)
-    path = viterbi(emit, torch.from_numpy(skips), frames, nstates - 2)
-    for j, i in enumerate(todo):
-        ids = columns[j][states[j][path[j, : frames[j]]]]
-        out[i] = _timings(ids, tokens[j], int(frames[j]), blank)
+    for group in groups(frames, nstates):  # segments of like sizes: little padding to fill and step over
+        skips = np.zeros((group.stop - group.start, int(nstates[group].max())), dtype=bool)
+        for j, st in enumerate(states[group]):  # a target may skip the blank before it unless it repeats the one before
+            skips[j, 2: len(st)] = st[2:] != st[:-2]
+        part = todo[group]
+        emit = emissions([hidden[i][QUERY_FRAMES:] for i in part], [lse[i][QUERY_FRAMES:] for i in part],
+                         [best[i][QUERY_FRAMES:] for i in part], columns[group], states[group], weight, bias, blank)
+        path = viterbi(emit, torch.from_numpy(skips), frames[group], nstates[group] - 2)
+        for j, k in enumerate(range(group.start, group.stop)):
+            ids = columns[k][states[k][path[j, : frames[k]]]]
+            out[todo[k]] = _timings(ids, tokens[k], int(frames[k]), blank)
+    return out
+
+
+def groups(frames: np.ndarray, nstates: np.ndarray, slack: float = 2.0) -> list[slice]:
+    """Consecutive slices of segments ordered longest first, each padded to its first segment's frames and its
+    most states at no more than `slack` times the emissions its segments really have (one segment at least):
+    the padded (B, T, S) of a whole batch of mixed lengths is mostly padding, filled and stepped over."""
+    out, start, n = [], 0, len(frames)
+    while start < n:
+        end, real, most = start + 1, float(frames[start] * nstates[start]), int(nstates[start])
+        while end < n:
+            wider = max(most, int(nstates[end]))
+            if (end + 1 - start) * frames[start] * wider > slack * (real + frames[end] * nstates[end]):
+                break
+            real, most, end = real + float(frames[end] * nstates[end]), wider, end + 1
+        out.append(slice(start, end))
+        start = end
     return out
 
 

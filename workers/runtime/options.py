@@ -25,7 +25,6 @@ class Options:
     batch_seconds: float = 1200.0  # the packer's budget: the largest batch the warm-up must meet
     max_segment_seconds: float = 30.0
     memory_gb: float | None = None  # the GPU worker's memory budget; the card less a margin when None
-    timings: bool = True  # token and word timings (workers.models.alignment)
 
     @classmethod
     def from_settings(cls, settings, device: torch.device) -> Options:
@@ -33,12 +32,11 @@ class Options:
         fp32 eager without graphs: compilation and graphs are CUDA optimisations."""
         if device.type != "cuda":
             return cls(dtype="fp32", compile="off", cuda_graphs=False, packed=settings.gpu_packed,
-                       batch_seconds=settings.batch_seconds, max_segment_seconds=settings.max_segment_seconds,
-                       timings=settings.word_timings)
+                       batch_seconds=settings.batch_seconds, max_segment_seconds=settings.max_segment_seconds)
         return cls(dtype=settings.dtype, compile=settings.compile, cuda_graphs=settings.gpu_cuda_graphs,
                    packed=settings.gpu_packed, batch_seconds=settings.batch_seconds,
                    max_segment_seconds=settings.max_segment_seconds,
-                   memory_gb=settings.gpu_memory_gb, timings=settings.word_timings).validated(device)
+                   memory_gb=settings.gpu_memory_gb).validated(device)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from unittest import mock
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,6 +14,9 @@ from api import keys
 from shared.config import get_settings
 from shared.db import migrate, session_scope
 from shared.schema import ApiKey, Job, JobState
+
+
+KEY_CACHE_S = 1.0
 
 
 def test_key_is_stored_hashed_and_checked():
@@ -43,7 +48,8 @@ def app_env(database_url, redis_url, tmp_path_factory):
     from unittest import mock
 
     env = {"SPEECHQ_DATA_DIR": str(tmp_path_factory.mktemp("data")), "DATABASE_URL": database_url,
-           "REDIS_URL": redis_url, "SPEECHQ_API_HOST": "127.0.0.1"}
+           "REDIS_URL": redis_url, "SPEECHQ_API_HOST": "127.0.0.1",
+           "SPEECHQ_API_KEY_CACHE_SECONDS": str(KEY_CACHE_S)}
     with mock.patch.dict("os.environ", env):
         get_settings.cache_clear()
         migrate(database_url)
@@ -130,10 +136,43 @@ def test_each_key_sees_only_its_own_jobs(client, app_env):
     other = client.post("/v1/jobs", headers={**_bearer(key_a), "Idempotency-Key": "k-1"}, files=sent)
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 201)
     assert again.json()["id"] == first.json()["id"] != other.json()["id"]
-    # revoked: 401 at once
+    # revoked: 401 within the key cache's TTL
     with session_scope(app_env) as db:
         keys.revoke(db, b.id)
-    assert client.get(f"/v1/jobs/{jb}", headers=_bearer(key_b)).status_code == 401
+    revoked = time.monotonic()
+    while client.get(f"/v1/jobs/{jb}", headers=_bearer(key_b)).status_code != 401:
+        assert time.monotonic() - revoked < KEY_CACHE_S + 1, "a revoked key is still accepted"
+        time.sleep(0.05)
+
+
+def test_a_verified_key_is_not_hashed_again_within_the_ttl(client, app_env):
+    """Status polls cost no key hash and no key read while the key was verified less than the TTL ago; a bad
+    key is hashed on every try (never remembered)."""
+    with session_scope(app_env) as db:
+        _, key = keys.create(db, "poller")
+    with mock.patch.object(keys, "_hash", wraps=keys._hash) as hashed:
+        for _ in range(20):
+            assert client.get("/v1/jobs", headers=_bearer(key)).status_code == 200
+        assert hashed.call_count == 1
+        time.sleep(KEY_CACHE_S + 0.1)
+        assert client.get("/v1/jobs", headers=_bearer(key)).status_code == 200
+        assert hashed.call_count == 2
+        bad = key[:-1] + ("A" if key[-1] != "A" else "B")
+        for _ in range(3):
+            assert client.get("/v1/jobs", headers=_bearer(bad)).status_code == 401
+        assert hashed.call_count == 5
+
+
+def test_key_cache_never_holds_the_key():
+    cache = keys.Verified(ttl=60, size=2)
+    rows = [ApiKey(id=f"{i:016x}", name=f"k{i}", admin=False) for i in range(3)]
+    tokens = [f"sq_{r.id}_" + "s" * 43 for r in rows]
+    for token, row in zip(tokens, rows):
+        cache.put(token, row)
+    assert cache.get(tokens[0]) is None and cache.get(tokens[2]).id == rows[2].id  # the oldest went first
+    assert not any(token.encode() in repr(cache._entries).encode() or "s" * 43 in repr(cache._entries)
+                   for token in tokens)
+    assert keys.Verified(ttl=0).put(tokens[0], rows[0]).id == rows[0].id
 
 
 def test_health_details_need_the_admin_key(client, app_env):

@@ -90,3 +90,21 @@ def test_every_visible_device_gets_its_own_worker(monkeypatch):
     procs = launcher.gpu_workers(None)
     assert [p.env["CUDA_VISIBLE_DEVICES"] for p in procs] == ["0", "1", "2", "3"]
     assert len({p.name for p in procs}) == 4 and all("-Q gpu" in " ".join(p.argv) for p in procs)
+
+
+def test_the_api_is_served_with_the_request_head_deadline():
+    """uvicorn's own protocols never time out a request head that trickles in (api/limits.HeaderDeadline)."""
+    import importlib
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    argv = launcher.api("127.0.0.1", 8000).argv
+    module, name = argv[argv.index("--http") + 1].split(":")
+    assert issubclass(getattr(importlib.import_module(module), name), HttpToolsProtocol)
+
+
+def test_two_workers_on_one_device_get_distinct_names():
+    procs = launcher.gpu_workers("0,0,1")
+    assert [p.name for p in procs] == ["gpu0-0", "gpu0-1", "gpu1"]
+    nodes = [p.argv[p.argv.index("-n") + 1] for p in procs]
+    assert len(set(nodes)) == 3 and [p.env["CUDA_VISIBLE_DEVICES"] for p in procs] == ["0", "0", "1"]

@@ -206,3 +206,17 @@ def test_a_job_of_sidecars_only_is_done_at_once(client, monkeypatch):
     assert st["error"] == "the job holds no audio files (2 skipped as not audio)"
     assert st["created_at"].endswith("Z") and st["finished_at"].endswith("Z") and st["warning"] is None
     assert client.get(f"/v1/jobs/{st['id']}").json()["created_at"] == st["created_at"]
+
+
+def test_status_says_random_weights_from_the_results_alone(client, monkeypatch):
+    """A status read finds random-weight results with one EXISTS (no scan of every result of the job)."""
+    from shared.db import session_scope
+    from shared.schema import ModelVersion
+
+    _heartbeats(monkeypatch, [])
+    job_id = _job_rows()
+    assert client.get(f"/v1/jobs/{job_id}").json()["random_weights"] is True
+    with session_scope() as db:
+        for m in db.query(ModelVersion):
+            m.random_weights = False
+    assert client.get(f"/v1/jobs/{job_id}").json()["random_weights"] is False

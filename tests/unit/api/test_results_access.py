@@ -18,6 +18,7 @@ from shared import counters
 from shared.config import get_settings
 from shared.db import migrate, session_scope
 from shared.schema import Batch, BatchState, Job, JobState
+from shared.tasks import queue_keys
 from tests.unit.exports.conftest import make_job
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -117,7 +118,9 @@ def test_metrics_read_the_database_and_broker(client):
                                         created_at=now - timedelta(seconds=20), started_at=now - timedelta(seconds=4),
                                         updated_at=now) for i in range(3)])
     counters.add(get_settings(), counters.REENQUEUED, files=2, batches=1)
-    redis.Redis.from_url(get_settings().broker).rpush("gpu", b"m1", b"m2")
+    broker = redis.Redis.from_url(get_settings().broker)
+    broker.rpush("gpu", b"m1", b"m2")
+    broker.rpush(queue_keys("gpu")[3], b"m3")  # a message of a later priority counts too
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -125,7 +128,7 @@ def test_metrics_read_the_database_and_broker(client):
     assert samples[("speechq_jobs", (("state", "running"),))] == 10
     assert samples[("speechq_files", (("state", "done"),))] == 3
     assert samples[("speechq_segments", (("state", "done"),))] == 12
-    assert samples[("speechq_queue_depth", (("queue", "gpu"),))] == 2
+    assert samples[("speechq_queue_depth", (("queue", "gpu"),))] == 3
     assert samples[("speechq_reconciler_reenqueued_total", (("kind", "files"),))] == 2
     assert samples[("speechq_batch_latency_seconds_count", ())] == 3
     assert samples[("speechq_batch_latency_seconds_bucket", (("le", "10.0"),))] == 0

@@ -115,3 +115,20 @@ def test_words_are_stored_in_seconds_of_the_file():
     assert file_words(words, 12.34) == [{"w": "hello", "start_s": 12.61, "end_s": 12.85},
                                         {"w": "world", "start_s": 12.91, "end_s": 13.51}]
     assert file_words([], 3.0) == [] and file_words(None, 3.0) is None
+
+
+def test_groups_bound_the_padding_and_cover_the_batch():
+    """Segments ordered longest first are cut into consecutive groups whose padded emissions are at most twice
+    their real ones; every segment is in exactly one group, and a batch of like sizes stays one group."""
+    from workers.models.alignment import groups
+
+    rng = np.random.default_rng(5)
+    frames = np.sort(rng.integers(10, 500, 300))[::-1]
+    nstates = 2 * rng.integers(1, frames // 2 + 1) + 1
+    cut = groups(frames, nstates)
+    assert [s.start for s in cut] == [0] + [s.stop for s in cut[:-1]] and cut[-1].stop == len(frames)
+    assert 1 < len(cut) < len(frames)
+    for s in cut:
+        padded = (s.stop - s.start) * frames[s.start] * nstates[s].max()
+        assert s.stop - s.start == 1 or padded <= 2 * (frames[s] * nstates[s]).sum()
+    assert groups(np.full(8, 100), np.full(8, 41)) == [slice(0, 8)]

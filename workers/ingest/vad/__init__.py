@@ -23,7 +23,8 @@ CHUNK_SAMPLES = 60 * 16000  # default block per stream (SPEECHQ_VAD_BLOCK_SECOND
 
 
 class Detector:
-    def __init__(self, directory: Path, precision: str = "fp32", block_samples: int = CHUNK_SAMPLES):
+    def __init__(self, directory: Path, precision: str = "fp32", block_samples: int = CHUNK_SAMPLES,
+                 device: str = "cpu"):
         from shared.models.registry import load_automodel
 
         dtype, checked = PRECISIONS[precision]
@@ -32,7 +33,7 @@ class Detector:
         self.precision = precision
         self.block = block_samples
         self.scorer = Scorer(auto.model, auto.kwargs["frontend"], dtype=dtype,
-                             pivot=self.rules.pivot if checked else None)
+                             pivot=self.rules.pivot if checked else None, device=device)
 
     def run(self, streams: list[Iterable[np.ndarray]]) -> list[list[tuple[int, int]]]:
         """Segments (ms) of each 16 kHz mono float32 stream; all streams go through the network together."""
@@ -74,8 +75,11 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_precision(precision: str) -> str:
-    """`auto` is `mixed` on CPUs with native bf16, else `fp32` (both give funasr's segments)."""
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """`auto` is `mixed` on CPUs with native bf16, else `fp32` (both give funasr's segments). On a GPU the
+    network always runs `mixed`: bf16 there, the frames near the threshold again in fp32 on the CPU."""
+    if device != "cpu":
+        return "mixed"
     if precision == "auto":
         return "mixed" if cpu_has_bf16() else "fp32"
     if precision not in PRECISIONS:
@@ -88,13 +92,14 @@ def detector(directory: Path, precision: str | None = None) -> Detector:
     from shared.config import get_settings
 
     settings = get_settings()
-    precision = resolve_precision(precision or settings.vad_precision)
+    device = settings.vad_device
+    precision = resolve_precision(precision or settings.vad_precision, device)
     block = int(settings.vad_block_seconds * 16000)
-    key = (str(directory), precision, block)
+    key = (str(directory), precision, block, device)
     cached = getattr(_local, "vad", None)
     if cached is None or cached[0] != key:
         torch.set_num_threads(settings.vad_threads)
-        cached = (key, Detector(Path(directory), precision, block))
+        cached = (key, Detector(Path(directory), precision, block, device))
         _local.vad = cached
     return cached[1]
 

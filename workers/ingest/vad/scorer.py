@@ -13,6 +13,9 @@ frame's fp32 output needs only that many earlier input frames, not the whole str
 keeps its last `reach` fp32 input frames between steps. Decisions therefore equal fp32's, as long
 as bf16's error on the posterior stays below the margin (tests measure it; it is a few hundredths
 of the margin).
+
+On a GPU host the bf16 pass may run on the GPU (`device`), with the fp32 recheck still on the CPU:
+the same argument gives the same decisions, and the CPU keeps only the frontend and the recheck.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class Scorer:
     flips) and a bf16 dtype, frames within `margin` of the pivot are recomputed in fp32."""
 
     def __init__(self, model, frontend, dtype: torch.dtype = torch.float32, pivot: float | None = None,
-                 margin: float = 0.05):
+                 margin: float = 0.05, device: str = "cpu"):
         enc = model.encoder
         if frontend.lfr_n != 1 or frontend.lfr_m % 2 != 1 or enc.fsmn[0].rorder:
             raise ValueError("unsupported FSMN-VAD frontend/encoder layout")
@@ -56,7 +59,10 @@ class Scorer:
         self.lorder = enc.fsmn[0].fsmn_block.lorder
         self.reach = len(enc.fsmn) * (self.lorder - 1)  # earlier input frames an output depends on
         self.exact = _Weights(enc, torch.float32)
-        self.fast = self.exact if dtype == torch.float32 else _Weights(enc, dtype)
+        on_cpu = torch.device(device).type == "cpu"
+        if not on_cpu and (dtype == torch.float32 or pivot is None):
+            raise ValueError("the FSMN runs on a GPU only as the checked bf16 pass (its fp32 sums differ from MKL's)")
+        self.fast = self.exact if dtype == torch.float32 and on_cpu else _Weights(enc, dtype, device)
         self.pivot = pivot if dtype != torch.float32 else None
         self.margin = margin
         self.rechecked = 0   # frames recomputed in fp32 (for benchmarks and logs)
@@ -108,7 +114,7 @@ class Scorer:
         for s in states:
             if s.memory is None:  # funasr starts each layer's memory at zeros
                 s.memory = self.fast.zero_memory(self.lorder - 1)
-        prob = self.fast.forward(x, [s.memory for s in states], lengths)
+        prob = self.fast.forward(x, [s.memory for s in states], lengths).cpu()
         self.frames += sum(lengths)
         if self.pivot is not None:
             self._recheck(states, feats, prob)
@@ -151,29 +157,31 @@ class Scorer:
 class _Weights:
     """FSMN-VAD's encoder weights in one dtype, and its forward over padded streams."""
 
-    def __init__(self, enc, dtype: torch.dtype):
+    def __init__(self, enc, dtype: torch.dtype, device: str = "cpu"):
         def lin(m):
-            return m.linear.weight.detach().to(dtype), (m.linear.bias.detach().to(dtype)
-                                                        if m.linear.bias is not None else None)
+            return m.linear.weight.detach().to(device, dtype), (m.linear.bias.detach().to(device, dtype)
+                                                                if m.linear.bias is not None else None)
 
         self.dtype = dtype
+        self.device = torch.device(device)
         # fp32 products stay with torch (MKL), as in funasr: numpy's OpenBLAS is twice as fast on AMD
         # cores but sums in another order, and that moved one boundary in 127 (a frame within
         # rounding of the threshold), so the segments would no longer equal funasr's.
         self.head = [lin(enc.in_linear1), lin(enc.in_linear2)]
-        self.layers = [(lin(blk.linear), blk.fsmn_block.conv_left.weight.detach()[:, :, :, 0].to(dtype),
+        self.layers = [(lin(blk.linear), blk.fsmn_block.conv_left.weight.detach()[:, :, :, 0].to(device, dtype),
                         lin(blk.affine)) for blk in enc.fsmn]
         # out_linear2(out_linear1(x)) has no nonlinearity between: one 250 -> 248 product instead of two
         (w3, b3), (w4, b4) = lin(enc.out_linear1), lin(enc.out_linear2)
-        self.tail = ((w4.double() @ w3.double()).to(dtype), (w4.double() @ b3.double() + b4.double()).to(dtype))
+        w3, b3, w4, b4 = (t.cpu().double() for t in (w3, b3, w4, b4))
+        self.tail = ((w4 @ w3).to(device, dtype), (w4 @ b3 + b4).to(device, dtype))
 
     def zero_memory(self, pad: int) -> list[torch.Tensor]:
-        return [torch.zeros(pad, taps.shape[0], dtype=self.dtype) for _, taps, _ in self.layers]
+        return [torch.zeros(pad, taps.shape[0], dtype=self.dtype, device=self.device) for _, taps, _ in self.layers]
 
     def forward(self, x: torch.Tensor, memories: list[list[torch.Tensor]], lengths: list[int]) -> torch.Tensor:
         """(B, T) silence posteriors (fp32) of (B, T, 400) inputs; each memory list advances in place
         past its row's first `lengths[b]` frames (a row with no new frames keeps its memory)."""
-        x = x.to(self.dtype)
+        x = x.to(self.device, self.dtype)  # on a GPU: one transfer of the block's features per step
         (w1, b1), (w2, b2) = self.head
         # Every product and sum as before; results are updated in place where nothing else reads them
         # (ReLU, the memory-block sum): fewer passes over memory and fewer fresh pages, same bits.
