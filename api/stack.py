@@ -64,7 +64,8 @@ class Stack:
         self.settings = settings
         self.gpus = gpus
         self.flower = flower
-        self.ingest_concurrency = ingest_concurrency or max(1, (os.cpu_count() or 2) - 1)
+        self.ingest_concurrency = (ingest_concurrency or settings.ingest_processes
+                                   or max(1, (os.cpu_count() or 2) - 1))
         self.log_dir = Path(log_dir or settings.data_dir / "logs").resolve()
         self.budget = budget
         self.children: dict[str, Child] = {}

@@ -143,7 +143,7 @@ def enqueue(files: list[File], archives: list[Archive]) -> None:
     archives and files go first in the queue, before the tails of jobs sent earlier (tasks.priority)."""
     for position, a in enumerate(archives):
         tasks.send_archive(a.id, a.job_id, a.name, position=position)
-    tasks.send_new_files([tasks.FileRef(f.id, f.job_id, f.name) for f in files])
+    tasks.send_new_files([tasks.FileRef(f.id, f.job_id, f.name, f.size_bytes or 0) for f in files])
 
 
 def resolve_server_path(settings: Settings, raw: str) -> Path:

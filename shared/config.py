@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     vad_threads: int = Field(
         1, ge=1, description="torch CPU threads of a process that runs the VAD (an ingest worker process): "
                              "scale with more worker processes, one per core, not with threads.")
+    ingest_processes: int | None = Field(
+        None, ge=1, description="Processes of the ingest worker that `speechq up` starts; default one per core but "
+                                "one (the rest of the stack and the GPU worker's host thread need one).")
     ingest_group_files: int = Field(
         4, ge=1, description="Files one ingest task takes at once: the VAD runs on all their channels together.")
     ingest_first_files: int = Field(

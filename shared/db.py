@@ -126,6 +126,18 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def read_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that only reads (READS_ONLY): on SQLite it neither waits for nor holds the write lock, so a
+    worker's reads do not queue behind, or hold up, the other processes' writes."""
+    token = READS_ONLY.set(True)
+    try:
+        with session_scope(url) as session:
+            yield session
+    finally:
+        READS_ONLY.reset(token)
+
+
 def migrate(url: str | None = None) -> None:
     """Apply Alembic migrations up to head (idempotent; run on every start)."""
     from alembic import command

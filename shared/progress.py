@@ -6,7 +6,9 @@ finishing the last batches of one job cannot both miss the other's writes.
 
 from __future__ import annotations
 
-from sqlalchemy import case, func, select, update
+import time
+
+from sqlalchemy import case, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from shared import endings
@@ -14,6 +16,14 @@ from shared.analytics import store as analytics_store
 from shared.schema import Archive, ArchiveState, File, FileState, Job, JobState, Segment, SegmentState, utcnow
 
 ACTIVE_FILE = (FileState.queued, FileState.ingesting, FileState.segmented)
+OPEN_ARCHIVE = (ArchiveState.queued, ArchiveState.expanding)
+
+# A job's counters are an aggregate over all its files: recomputed on every settle, they made a job of N files
+# cost O(N^2) (issue 16). Each process recounts a job at most this often while the job is mid-way; status polls
+# see counters up to this old (or one reconcile interval, if no file of the job settles meanwhile). The end
+# of a job never waits on it: see `_recount_due`.
+RECOUNT_SECONDS = 2.0
+_recounted: dict[str, float] = {}  # job id -> time.monotonic() of this process's last full recount
 
 
 class FilesFailed(Exception):
@@ -62,12 +72,35 @@ def settle(db: Session, job_ids) -> list[str]:
             copy.num_channels = original.num_channels
     ended = []
     for job in db.scalars(select(Job).where(Job.id.in_(job_ids))):
-        if recount(db, job):
+        if _recount_due(db, job) and recount(db, job):
             ended.append(job.id)
     return ended
 
 
+def _recount_due(db: Session, job: Job) -> bool:
+    """Whether this settle recounts the job in full. Always when the job may end now (no file of it is still
+    active: an EXISTS that the index on (job_id, state) answers at once), so that it ends with exact counters
+    in the transaction of its last file; always while an archive of it is open (its files are still arriving,
+    and the next archive's member limit reads files_total); otherwise at most every RECOUNT_SECONDS."""
+    last = _recounted.get(job.id)
+    if last is None or time.monotonic() - last >= RECOUNT_SECONDS:
+        return True
+    if db.scalar(select(exists().where(Archive.job_id == job.id, Archive.state.in_(OPEN_ARCHIVE)))):
+        return True
+    return not db.scalar(select(exists().where(File.job_id == job.id, File.state.in_(ACTIVE_FILE))))
+
+
+def _remember(job_id: str) -> None:
+    """Note a full recount; forget jobs not recounted lately (ended, or settled by other processes)."""
+    now = time.monotonic()
+    for stale in [j for j, at in list(_recounted.items()) if now - at >= RECOUNT_SECONDS]:  # list(): threads
+        _recounted.pop(stale, None)
+    _recounted[job_id] = now
+
+
 def recount(db: Session, job: Job) -> bool:
+    """The job's counters from all its files, and its end if none is still active. Returns whether it ended."""
+    _remember(job.id)
     row = db.execute(
         select(
             func.count(),
@@ -82,8 +115,7 @@ def recount(db: Session, job: Job) -> bool:
     job.files_total, job.files_done, job.files_failed = total, done or 0, failed or 0
     job.files_skipped = skipped or 0
     job.audio_seconds_total, job.audio_seconds_done = float(seconds), float(seconds_done)
-    expanding = db.scalar(select(func.count()).where(
-        Archive.job_id == job.id, Archive.state.in_((ArchiveState.queued, ArchiveState.expanding))))
+    expanding = db.scalar(select(func.count()).where(Archive.job_id == job.id, Archive.state.in_(OPEN_ARCHIVE)))
     if expanding:
         return False
     ended = job.files_done + job.files_failed + job.files_skipped == total

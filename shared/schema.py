@@ -178,6 +178,7 @@ class Segment(Base):
     __table_args__ = (
         Index("ix_segments_state_batch", "state", "batch_id"),
         Index("ix_segments_file", "file_id"),
+        Index("ix_segments_batch", "batch_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -54,10 +54,12 @@ app.conf.update(
 
 
 class FileRef(NamedTuple):
-    """A file to send to the ingest queue; job and name make the task readable in Flower."""
+    """A file to send to the ingest queue; job and name make the task readable in Flower. `size` (bytes, 0 where
+    unknown) orders a new job's files: the smallest go first, alone, and the largest lead the groups."""
     id: str
     job_id: str
     name: str
+    size: int = 0
 
 
 def describe(files: list[FileRef]) -> str:
@@ -82,9 +84,15 @@ def queue_keys(queue: str) -> list[str]:
 def send_files(files: list[FileRef], start: int = 0) -> None:
     """Send files to the ingest queue in groups of at most SPEECHQ_INGEST_GROUP_FILES, spread evenly,
     so that one worker runs the VAD on the channels of several calls in one batched pass. `start` is the
-    files' position in their job: each group's priority follows from it and the files sent before it."""
+    files' position in their job: each group's priority follows from it and the files sent before it.
+
+    Largest first (where sizes are known): group i takes files i, i + n, i + 2n, ... of the files sorted by
+    size, so every group holds at most one of the largest files and the groups shrink along the queue. The
+    longest tasks start first and the job's last minutes are short tasks on every worker, not one long call
+    on one of them while the others idle."""
     if not files:
         return
+    files = sorted(files, key=lambda f: -f.size)  # stable: files of unknown size keep their order
     size = get_settings().ingest_group_files
     groups = -(-len(files) // size)
     position = start
@@ -97,8 +105,11 @@ def send_files(files: list[FileRef], start: int = 0) -> None:
 
 def send_new_files(files: list[FileRef], start: int = 0) -> None:
     """A job's new files, from position `start`: the first SPEECHQ_INGEST_FIRST_FILES of the job go one per
-    task, so that the job's first segments (and its first GPU batch) come early (issue 16); the rest in groups."""
+    task, and they are its smallest files, so that the job's first segments (and its first GPU batch) come
+    within seconds (issue 16); the rest in groups."""
     head = max(0, min(len(files), get_settings().ingest_first_files - start))
+    if head:
+        files = sorted(files, key=lambda f: f.size)  # stable: files of unknown size keep their order
     for i, ref in enumerate(files[:head]):
         send_files([ref], start=start + i)
     if files[head:]:

@@ -238,7 +238,7 @@ def expand_archive(archive_id: str) -> None:
     # The members stand in the job after the files it held before this archive: their priority follows.
     for n in inner:
         tasks.send_archive(n["id"], n["job_id"], n["name"], position=job_files)
-    queued = [tasks.FileRef(r["id"], r["job_id"], r["name"]) for r in fresh if r.get("state") == FileState.queued]
+    queued = [tasks.FileRef(r["id"], r["job_id"], r["name"], r.get("size_bytes") or 0) for r in fresh if r.get("state") == FileState.queued]
     tasks.send_new_files(queued, start=job_files)
     skipped = sum(1 for r in fresh if r.get("state") == FileState.skipped)
     log.info("expanded %s: %d members, %d queued, %d skipped", archive.name, len(new), len(queued), skipped)

@@ -1,7 +1,8 @@
 """Turn pending segments of all running jobs into GPU batches (claim-check: audio to the spool).
 
 Segments from many files and jobs share a batch (length bucketing). A partial batch waits for
-more segments until its jobs have nothing left to ingest, or it has waited batch_flush_seconds.
+more segments until its jobs have nothing left to ingest, or it has waited batch_flush_seconds; until a
+job's first file has ended, its segments do not wait: its first results come as soon as the GPU can give them.
 A batch's priority on the GPU queue is that of the least advanced of its jobs (tasks.priority of the
 job's files ended so far), so a new job's first batch overtakes the queued batches of a long one.
 """
@@ -18,9 +19,9 @@ from sqlalchemy import select, update
 
 from shared import tasks
 from shared.config import get_settings
-from shared.db import session_scope
-from shared.schema import Batch, Channel, File, FileState, Job, JobState, Segment, SegmentState, utcnow
-from shared.storage import SAMPLE_RATE, Spool, channel_samples
+from shared.db import read_scope, session_scope
+from shared.schema import Batch, Channel, File, FileState, Job, JobState, Segment, SegmentState, new_id, utcnow
+from shared.storage import SAMPLE_RATE, Spool, channel_samples, remove_batch
 from workers.ingest.lengths import Item, by_length
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def batch_pending(force_flush: bool = False) -> list[str]:
 
 def _batch(force_flush: bool) -> list[str]:
     settings = get_settings()
-    with session_scope() as db:
+    with read_scope() as db:
         rows = db.execute(
             select(Segment.id, Segment.job_id, Segment.start_ms, Segment.end_ms, Segment.created_at)
             .join(Job, Job.id == Segment.job_id)
@@ -47,8 +48,10 @@ def _batch(force_flush: bool) -> list[str]:
         ).all()
         if not rows:
             return []
-        busy_jobs = set(db.scalars(
-            select(File.job_id).where(File.state.in_((FileState.queued, FileState.ingesting))).distinct()))
+        pending_jobs = {r.job_id for r in rows}
+        busy_jobs = set(db.scalars(  # per job, through the (job_id, state) index: not a scan of every file
+            select(File.job_id).where(File.job_id.in_(pending_jobs),
+                                      File.state.in_((FileState.queued, FileState.ingesting))).distinct()))
         at = tasks.positions(db, [r.job_id for r in rows])
     items = [Item(r.id, (r.end_ms - r.start_ms) / 1000.0) for r in rows]
     batches, leftover = by_length(items, settings.batch_seconds)
@@ -58,7 +61,9 @@ def _batch(force_flush: bool) -> list[str]:
         if oldest.tzinfo is None:
             oldest = oldest.replace(tzinfo=utcnow().tzinfo)
         waited = utcnow() - oldest > timedelta(seconds=settings.batch_flush_seconds)
-        if force_flush or waited or not any(by_id[i.id].job_id in busy_jobs for i in leftover):
+        if not (force_flush or waited or not any(by_id[i.id].job_id in busy_jobs for i in leftover)):
+            leftover = [i for i in leftover if at.get(by_id[i.id].job_id, 0) == 0]  # no file of its job ended yet
+        if leftover:
             more, _ = by_length(leftover, settings.batch_seconds, flush=True)
             batches += more
     job_of = {r.id: r.job_id for r in rows}
@@ -87,45 +92,61 @@ def positions(db, batch_ids: list[str]) -> dict[str, int]:
 
 
 def _make_batch(segment_ids: list[str]) -> str | None:
+    """Write the segments' audio to the spool as one batch file, then record the batch and mark its segments.
+    The file is written outside any write transaction: on SQLite the write lock is held only for the few
+    statements at the end, not for the audio's tens of megabytes (the GPU worker's claims and the other
+    ingest processes' commits would queue behind it). Returns None if the segments are no longer pending."""
     settings = get_settings()
     spool = Spool(settings.spool)
-    with session_scope() as db:
+    with read_scope() as db:
         segs = db.execute(
             select(Segment.id, Segment.start_ms, Segment.end_ms, Channel.audio_path, Job.language, Job.use_itn)
             .join(Channel, Channel.id == Segment.channel_id).join(Job, Job.id == Segment.job_id)
             .where(Segment.id.in_(segment_ids), Segment.state == SegmentState.pending)
         ).all()
-        if not segs:
+    if not segs:
+        return None
+    pieces, by_path = [], defaultdict(list)
+    for s in segs:
+        by_path[s.audio_path].append(s)
+    ordered = []
+    for path, group in by_path.items():
+        samples = channel_samples(path)
+        for s in group:
+            a, b = s.start_ms * SAMPLE_RATE // 1000, s.end_ms * SAMPLE_RATE // 1000
+            pieces.append(np.asarray(samples[a:b], dtype=np.float32))
+            ordered.append(s)
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    batch_id = new_id()
+    path = spool.batch(batch_id)
+    spool.write_batch(
+        path,
+        audio=np.concatenate(pieces),
+        offsets=np.concatenate(([0], np.cumsum(lengths))),
+        segment_ids=np.array([s.id for s in ordered]),
+        languages=np.array([s.language for s in ordered]),
+        itn=np.array([bool(s.use_itn) for s in ordered]),
+    )
+    try:
+        with session_scope() as db:
+            db.add(Batch(id=batch_id, path=str(path), num_segments=len(ordered),
+                         audio_seconds=float(lengths.sum()) / SAMPLE_RATE,
+                         padded_seconds=float(lengths.max()) * len(lengths) / SAMPLE_RATE))
+            db.flush()
+            claimed = db.execute(
+                update(Segment).where(Segment.id.in_([s.id for s in ordered]), Segment.state == SegmentState.pending)
+                .values(state=SegmentState.batched, batch_id=batch_id).execution_options(synchronize_session=False)
+            ).rowcount
+            if claimed != len(ordered):  # some were cancelled or batched meanwhile: the next pass cuts the rest
+                raise _Changed(f"{len(ordered) - claimed} of {len(ordered)} segments changed state")
+    except BaseException as exc:
+        remove_batch(path)
+        if isinstance(exc, _Changed):
+            log.warning("batch not made: %s; rolled back", exc)
             return None
-        pieces, by_path = [], defaultdict(list)
-        for s in segs:
-            by_path[s.audio_path].append(s)
-        ordered = []
-        for path, group in by_path.items():
-            samples = channel_samples(path)
-            for s in group:
-                a, b = s.start_ms * SAMPLE_RATE // 1000, s.end_ms * SAMPLE_RATE // 1000
-                pieces.append(np.asarray(samples[a:b], dtype=np.float32))
-                ordered.append(s)
-        lengths = np.array([len(p) for p in pieces], dtype=np.int64)
-        batch = Batch(path="", num_segments=len(ordered), audio_seconds=float(lengths.sum()) / SAMPLE_RATE,
-                      padded_seconds=float(lengths.max()) * len(lengths) / SAMPLE_RATE)
-        db.add(batch)
-        db.flush()
-        path = spool.batch(batch.id)
-        spool.write_batch(
-            path,
-            audio=np.concatenate(pieces),
-            offsets=np.concatenate(([0], np.cumsum(lengths))),
-            segment_ids=np.array([s.id for s in ordered]),
-            languages=np.array([s.language for s in ordered]),
-            itn=np.array([bool(s.use_itn) for s in ordered]),
-        )
-        batch.path = str(path)
-        claimed = db.execute(
-            update(Segment).where(Segment.id.in_([s.id for s in ordered]), Segment.state == SegmentState.pending)
-            .values(state=SegmentState.batched, batch_id=batch.id).execution_options(synchronize_session=False)
-        ).rowcount
-        if claimed != len(ordered):
-            raise RuntimeError("segments were batched twice; rolling back")
-        return batch.id
+        raise
+    return batch_id
+
+
+class _Changed(Exception):
+    """The segments read for a batch were no longer all pending when it was recorded."""

@@ -10,7 +10,7 @@ from sqlalchemy import or_, select
 
 from shared import claims, progress, tasks
 from shared.config import get_settings
-from shared.db import session_scope
+from shared.db import read_scope, session_scope
 from shared.schema import Channel, File, FileState, Job, JobState, Segment, utcnow
 from shared.analytics.loudness import segment_levels
 from shared.storage import SAMPLE_RATE, Spool, channel_samples, read_raw
@@ -105,6 +105,7 @@ def decode_to_spool(f: File, info: decode.AudioInfo, spool: Spool) -> tuple[list
     finally:
         for out in outs:
             out.close()
+    quotas.decoded(f.job_id, samples * 4 * len(paths))  # float32 samples per channel
     return paths, samples
 
 
@@ -170,7 +171,7 @@ def ingest_files(self, file_ids: list[str]) -> None:
 def _store(d: Decoded, spans_per_channel: list[list[tuple[int, int]]], settings) -> int:
     """Channels and segments of one file, in one transaction; returns the number of segments."""
     f, info, samples = d.file, d.info, d.samples
-    with session_scope() as db:
+    with read_scope() as db:
         labels = settings.labels(db.get(Job, f.job_id).channel_labels)
     rows = []
     for index, (path, spans) in enumerate(zip(d.paths, spans_per_channel)):

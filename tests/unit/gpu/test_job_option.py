@@ -7,19 +7,6 @@ from shared.config import get_settings
 from shared.schema import Batch, Channel, File, FileState, Job, JobState, Segment, SegmentState
 
 
-@pytest.fixture
-def db(tmp_path, monkeypatch):
-    from shared.db import migrate, session_scope
-
-    monkeypatch.setenv("SPEECHQ_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-    migrate()
-    with session_scope() as session:
-        yield session
-    get_settings.cache_clear()
-
-
 @pytest.mark.parametrize("default", [False, True])
 def test_the_job_stores_its_choice_or_the_default(db, monkeypatch, default):
     from api.submit import create_job

@@ -27,6 +27,26 @@ def test_eight_channels_are_refused(tmp_path):
     assert files.check(f, Settings(max_channels=8)).channels == 8
 
 
+@pytest.fixture(autouse=True)
+def fresh_scans(monkeypatch):
+    """Every read of the job's spool bytes scans, unless a test says otherwise."""
+    monkeypatch.setattr(quotas, "SCAN_SECONDS", 0.0)
+    monkeypatch.setattr(quotas, "_scanned", {})
+
+
+def test_a_process_scans_the_jobs_folder_at_most_every_few_seconds(tmp_path, monkeypatch):
+    """Between scans: the last scan plus what this process decoded (a scan per file was O(N^2) for a job)."""
+    monkeypatch.setattr(quotas, "SCAN_SECONDS", 3600.0)
+    spool = Spool(tmp_path / "spool")
+    spool.channel_audio("job", "a-0").write_bytes(b"\0" * 900)
+    assert quotas.job_spool_bytes(spool, "job") == 900
+    spool.channel_audio("job", "b-0").write_bytes(b"\0" * 500)  # another process's file: seen at the next scan
+    quotas.decoded("job", 300)  # this process's own
+    assert quotas.job_spool_bytes(spool, "job") == 1200
+    monkeypatch.setattr(quotas, "SCAN_SECONDS", 0.0)
+    assert quotas.job_spool_bytes(spool, "job") == 1400
+
+
 def test_job_budget_is_what_the_job_has_left(tmp_path):
     spool = Spool(tmp_path / "spool")
     settings = Settings(max_file_spool_bytes=1000, max_job_spool_bytes=1500)

@@ -3,23 +3,8 @@ of the queue (issue 14): a huge job's retries do not overtake a new job's first 
 
 from unittest import mock
 
-import pytest
-
 from shared import tasks
-from shared.config import get_settings
 from shared.schema import Batch, Channel, File, FileState, Job, Segment, SegmentState
-
-
-@pytest.fixture
-def db(tmp_path, monkeypatch):
-    from shared.db import migrate, session_scope
-
-    monkeypatch.setenv("SPEECHQ_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-    migrate()
-    yield session_scope
-    get_settings.cache_clear()
 
 
 def _job(session_scope, ended: int, *file_states: tuple[int, FileState]) -> tuple[str, list[str]]:
@@ -39,37 +24,37 @@ def priorities(send: mock.Mock) -> list[int]:
     return [c.kwargs["priority"] for c in send.call_args_list]
 
 
-def test_positions_count_the_files_a_job_has_ended(db):
-    far, _ = _job(db, 5000)
-    new, _ = _job(db, 0)
-    with db() as session:
+def test_positions_count_the_files_a_job_has_ended(db_scope):
+    far, _ = _job(db_scope, 5000)
+    new, _ = _job(db_scope, 0)
+    with db_scope() as session:
         assert tasks.positions(session, [far, new, far]) == {far: 5000, new: 0}
 
 
-def test_a_retried_file_goes_at_its_jobs_position(db):
+def test_a_retried_file_goes_at_its_jobs_position(db_scope):
     from workers.ingest import retries
 
-    _, (fid,) = _job(db, 5000, (1, FileState.ingesting))
+    _, (fid,) = _job(db_scope, 5000, (1, FileState.ingesting))
     with mock.patch.object(tasks.app, "send_task") as send:
         retries.again_alone(fid, OSError("disk"))
     assert priorities(send) == [tasks.priority(5000)] == [6]
 
 
-def test_a_split_group_goes_at_its_jobs_position(db):
+def test_a_split_group_goes_at_its_jobs_position(db_scope):
     from workers.ingest import retries
 
-    _, ids = _job(db, 20, (1, FileState.ingesting), (0, FileState.queued))
+    _, ids = _job(db_scope, 20, (1, FileState.ingesting), (0, FileState.queued))
     with mock.patch.object(tasks.app, "send_task") as send:
         assert retries.split(ids)
     assert priorities(send) == [tasks.priority(20)] * 2 == [2, 2]
 
 
-def test_a_batch_goes_at_the_position_of_its_least_advanced_job(db):
+def test_a_batch_goes_at_the_position_of_its_least_advanced_job(db_scope):
     from workers.ingest import batching
 
-    far, (far_file,) = _job(db, 300, (1, FileState.segmented))
-    new, (new_file,) = _job(db, 1, (1, FileState.segmented))
-    with db() as session:
+    far, (far_file,) = _job(db_scope, 300, (1, FileState.segmented))
+    new, (new_file,) = _job(db_scope, 1, (1, FileState.segmented))
+    with db_scope() as session:
         mixed, alone = (Batch(path="x", num_segments=2, audio_seconds=2.0, padded_seconds=2.0),
                          Batch(path="y", num_segments=1, audio_seconds=1.0, padded_seconds=1.0))
         session.add_all([mixed, alone])

@@ -3,22 +3,8 @@ kept on its row, and is what the file fails with once its attempts are used up."
 
 from unittest import mock
 
-import pytest
-
 from shared.config import get_settings
 from shared.schema import File, FileState, Job
-
-
-@pytest.fixture
-def db(tmp_path, monkeypatch):
-    from shared.db import migrate, session_scope
-
-    monkeypatch.setenv("SPEECHQ_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-    migrate()
-    yield session_scope
-    get_settings.cache_clear()
 
 
 def _files(session_scope, *attempts_and_states) -> list[str]:
@@ -33,19 +19,19 @@ def _files(session_scope, *attempts_and_states) -> list[str]:
         return [r.id for r in rows]
 
 
-def test_a_fresh_group_is_not_split(db):
+def test_a_fresh_group_is_not_split(db_scope):
     from workers.ingest import retries
 
-    ids = _files(db, (0, FileState.queued), (0, FileState.queued))
+    ids = _files(db_scope, (0, FileState.queued), (0, FileState.queued))
     with mock.patch("shared.tasks.send_files") as send:
         assert not retries.split(ids)
     send.assert_not_called()
 
 
-def test_a_group_that_died_runs_its_tried_files_alone(db):
+def test_a_group_that_died_runs_its_tried_files_alone(db_scope):
     from workers.ingest import retries
 
-    ids = _files(db, (1, FileState.ingesting), (1, FileState.ingesting), (0, FileState.queued),
+    ids = _files(db_scope, (1, FileState.ingesting), (1, FileState.ingesting), (0, FileState.queued),
                  (0, FileState.queued), (1, FileState.segmented))
     with mock.patch("shared.tasks.send_files") as send:
         assert retries.split(ids)
@@ -55,15 +41,15 @@ def test_a_group_that_died_runs_its_tried_files_alone(db):
     assert not retries.split([ids[0]])  # one file alone is never split
 
 
-def test_an_error_raised_is_kept_and_the_file_tried_again_alone(db):
+def test_an_error_raised_is_kept_and_the_file_tried_again_alone(db_scope):
     from workers.ingest import retries
 
-    (fid,) = _files(db, (1, FileState.ingesting))
+    (fid,) = _files(db_scope, (1, FileState.ingesting))
     with mock.patch("shared.tasks.send_files") as send:
         retries.again_alone(fid, OSError(27, "File too large"))
     (call,) = send.call_args_list
     assert [f.id for f in call.args[0]] == [fid]
-    with db() as session:
+    with db_scope() as session:
         f = session.get(File, fid)
         assert f.state == FileState.queued and f.error == "OSError: [Errno 27] File too large"
         f.attempts = get_settings().max_attempts + 1

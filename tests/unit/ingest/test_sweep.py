@@ -11,15 +11,8 @@ from shared.storage import Spool
 
 
 @pytest.fixture
-def spool(tmp_path, monkeypatch):
-    from shared.db import migrate
-
-    monkeypatch.setenv("SPEECHQ_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-    migrate()
-    yield Spool(get_settings().spool)
-    get_settings.cache_clear()
+def spool(db_scope):
+    return Spool(get_settings().spool)
 
 
 def _old(path, seconds):

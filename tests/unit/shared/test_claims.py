@@ -2,24 +2,9 @@
 
 from datetime import timedelta
 
-import pytest
-
 from shared import claims
 from shared.config import get_settings
 from shared.schema import Batch, BatchState, utcnow
-
-
-@pytest.fixture
-def db(tmp_path, monkeypatch):
-    from shared.db import migrate, session_scope
-
-    monkeypatch.setenv("SPEECHQ_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-    migrate()
-    with session_scope() as session:
-        yield session
-    get_settings.cache_clear()
 
 
 def _batch(db, state: BatchState, age_s: float = 0.0) -> Batch:

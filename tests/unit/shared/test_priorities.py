@@ -152,3 +152,16 @@ def test_an_unacked_message_goes_back_to_its_own_priority(broker, settings):
     assert client.llen("ingest\x06\x168") == 1
     tasks.send_files(refs(1, "new"))  # priority 0, sent after the restore
     assert received(conn, 2) == ["job new: c0.wav", "job late: c0.wav"]
+
+
+def test_a_new_jobs_smallest_files_go_first_and_the_largest_lead_the_groups(settings):
+    """Sizes known: the first tasks hold the job's smallest calls (its first batch comes early); the groups
+    after them are spread so that each holds at most one of the largest, and they shrink along the queue."""
+    settings(ingest_group_files=2, ingest_first_files=2)
+    sizes = [50, 900, 10, 700, 30, 800, 600, 20]
+    files = [tasks.FileRef(f"f{i}", "job1", f"c{i}.wav", size) for i, size in enumerate(sizes)]
+    with mock.patch.object(tasks.app, "send_task") as send:
+        tasks.send_new_files(files)
+    groups = [ids for ids, _ in sent(send)]
+    size_of = {f.id: f.size for f in files}
+    assert [[size_of[i] for i in ids] for ids in groups] == [[10], [20], [900, 600], [800, 50], [700, 30]]

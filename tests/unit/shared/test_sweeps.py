@@ -6,20 +6,15 @@ import time
 import pytest
 
 from shared.config import get_settings
-from shared.db import migrate, session_scope
+from shared.db import session_scope
 from shared.schema import Job, JobState
 from shared.storage import Spool
 from shared.sweeps import orphan_uploads
 
 
 @pytest.fixture
-def spool(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPEECHQ_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    get_settings.cache_clear()
-    migrate()
-    yield Spool(tmp_path / "spool")
-    get_settings.cache_clear()
+def spool(db_scope):
+    return Spool(get_settings().spool)
 
 
 def upload(spool: Spool, job_id: str, age_s: float) -> None:

@@ -114,7 +114,12 @@ class Scorer:
         for s in states:
             if s.memory is None:  # funasr starts each layer's memory at zeros
                 s.memory = self.fast.zero_memory(self.lorder - 1)
-        prob = self.fast.forward(x, [s.memory for s in states], lengths).cpu()
+        prob = self.fast.forward(x, [s.memory for s in states], lengths)
+        if prob.is_cuda:  # wait asleep, not spinning: the host's other ingest processes need its cores meanwhile
+            done = torch.cuda.Event(blocking=True)
+            done.record()
+            done.synchronize()
+        prob = prob.cpu()
         self.frames += sum(lengths)
         if self.pivot is not None:
             self._recheck(states, feats, prob)
