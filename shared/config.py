@@ -77,7 +77,8 @@ class Settings(BaseSettings):
                                        "64,000 bytes per channel-second; 2 GiB holds 4 h of stereo). Enforced "
                                        "while decoding: the file fails as soon as it would pass it.")
     max_job_spool_bytes: int = Field(
-        50 * 1024**3, ge=1, description="Spool a job's decoded audio may take at once; a file that would pass it "
+        50 * 1024**3, ge=1, description="Spool a job's decoded audio may take at once (a channel's audio leaves "
+                                        "the spool when its last segment is batched); a file that would pass it "
                                         "fails with the reason.")
     body_min_bytes_per_second: float = Field(
         16 * 1024, ge=0, description="A request body that arrives slower than this on average, after "

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 
 from shared import tasks
 from shared.config import get_settings
@@ -73,8 +74,27 @@ def _batch(force_flush: bool) -> list[str]:
         if batch_id:  # by name: the CPU side never imports the GPU worker's code
             tasks.send_batch(batch_id, position=position)  # a batch goes at the priority of its least advanced job
     if created:
+        release_channels(created)
         log.info("cut %d segments into %d batch(es)", sum(len(b) for b in batches), len(created))
     return created
+
+
+def release_channels(batch_ids: list[str]) -> int:
+    """Remove from the spool the decoded audio of the batches' channels that no pending segment needs any
+    more: a batch file holds its segments' own audio, so a job keeps on the spool what is not batched yet, not
+    every channel it decoded until it ends (a 100 h job held 43 GiB, and a job past SPEECHQ_MAX_JOB_SPOOL_BYTES
+    failed its later files). Runs under the batching lock, the only reader of channel audio after ingest.
+    Returns the number of files removed."""
+    if not batch_ids:
+        return 0
+    with read_scope() as db:
+        channels = select(Segment.channel_id).where(Segment.batch_id.in_(batch_ids)).distinct().scalar_subquery()
+        waiting = exists().where(Segment.channel_id == Channel.id, Segment.state == SegmentState.pending)
+        paths = db.scalars(select(Channel.audio_path).where(Channel.id.in_(channels), ~waiting,
+                                                            Channel.audio_path.is_not(None))).all()
+    for path in paths:
+        Path(path).unlink(missing_ok=True)
+    return len(paths)
 
 
 def positions(db, batch_ids: list[str]) -> dict[str, int]:

@@ -14,8 +14,9 @@ _scanned: dict[str, tuple[float, int]] = {}  # job id -> (time.monotonic() of th
 
 
 def job_spool_bytes(spool: Spool, job_id: str) -> int:
-    """Bytes of decoded channel audio the job holds on the spool. The job's folder keeps every decoded channel
-    until the job ends, so a scan for every file made a job of N files cost O(N^2) (issue 16): each process
+    """Bytes of decoded channel audio the job holds on the spool: the channels whose segments are not all batched
+    yet (batching.release_channels removes the others). A scan for every file cost a job of N files O(N^2) when
+    the folder kept every channel until the job ended (issue 16), and it is still a scan: each process
     scans at most every SCAN_SECONDS, and in between counts the last scan plus what it decoded itself since
     (`decoded`); other processes' output of those seconds shows at the next scan."""
     at, total = _scanned.get(job_id, (float("-inf"), 0))
