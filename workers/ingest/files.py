@@ -120,10 +120,9 @@ class Decoded:
 @app.task(bind=True, name=tasks.INGEST_FILES, throws=(progress.FilesFailed,))
 def ingest_files(self, file_ids: list[str]) -> None:
     """Decode each file of the group to the spool (a bad file fails alone), run every channel of
-    every decoded file through FSMN-VAD together, then store each file in its own transaction.
-    Ends FAILURE (progress.FilesFailed) if any of its files failed, after the others are stored."""
-    from workers.ingest import vad  # torch: loaded where the VAD runs, not in every process that imports this
-
+    every decoded file through FSMN-VAD together, and store each file in its own transaction as soon as
+    its channels end. Ends FAILURE (progress.FilesFailed) if any of its files failed, after the others
+    are stored."""
     if retries.split(file_ids):  # an earlier task on this group died: a poison file must stand alone
         return
     settings = get_settings()
@@ -149,23 +148,45 @@ def ingest_files(self, file_ids: list[str]) -> None:
             continue
         decoded.append(Decoded(f, info, paths, samples))
     if decoded:
-        streams = [read_raw(p, vad.CHUNK_SAMPLES) for d in decoded for p in d.paths]
-        try:
-            spans = vad.segments_many(streams, settings.vad_model_dir, int(settings.max_segment_seconds * 1000))
-        except Exception as exc:  # noqa: BLE001 - which file caused it is unknown: each tries again alone
-            log.exception("the VAD failed on a group of %d file(s)", len(decoded))
-            for d in decoded:
-                retries.again_alone(d.file.id, exc)
-            decoded = []
-        at = 0
-        for d in decoded:
-            total = _store(d, spans[at:at + len(d.paths)], settings)
-            at += len(d.paths)
-            self.send_event("task-progress", job=d.file.job_id, file=d.file.name, channels=len(d.paths),
-                            segments=total)
-        batching.batch_pending()
+        _segment_and_store(self, decoded, settings)
     if failures:
         raise progress.FilesFailed.of(failures, len(file_ids))
+
+
+def _segment_and_store(task, decoded: list[Decoded], settings) -> None:
+    """FSMN-VAD over every channel of the decoded files together; each file is stored, and its segments
+    offered to the batcher, as soon as its own channels end (the shortest call of a group does not wait for
+    the longest: the GPU gets a steady stream of segments, not a wave per group)."""
+    from workers.ingest import vad  # torch: loaded where the VAD runs, not in every process that imports this
+
+    owner = [k for k, d in enumerate(decoded) for _ in d.paths]
+    first = [owner.index(k) for k in range(len(decoded))]
+    found: list[dict[int, list[tuple[int, int]]]] = [{} for _ in decoded]
+    stored: set[int] = set()
+    streams = [read_raw(p, vad.CHUNK_SAMPLES) for d in decoded for p in d.paths]
+    max_ms = int(settings.max_segment_seconds * 1000)
+    ended = vad.segments_each(streams, settings.vad_model_dir, max_ms)
+    while True:
+        try:
+            i, spans = next(ended)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - which file caused it is unknown: each not stored tries again alone
+            left = [d for k, d in enumerate(decoded) if k not in stored]
+            log.exception("the VAD failed on a group of %d file(s)", len(left))
+            for d in left:
+                retries.again_alone(d.file.id, exc)
+            return
+        k = owner[i]
+        found[k][i - first[k]] = spans
+        d = decoded[k]
+        if len(found[k]) < len(d.paths):
+            continue
+        total = _store(d, [found[k][c] for c in range(len(d.paths))], settings)
+        stored.add(k)
+        task.send_event("task-progress", job=d.file.job_id, file=d.file.name, channels=len(d.paths),
+                        segments=total)
+        batching.batch_pending()
 
 
 def _store(d: Decoded, spans_per_channel: list[list[tuple[int, int]]], settings) -> int:

@@ -37,6 +37,14 @@ class Detector:
 
     def run(self, streams: list[Iterable[np.ndarray]]) -> list[list[tuple[int, int]]]:
         """Segments (ms) of each 16 kHz mono float32 stream; all streams go through the network together."""
+        out: list[list[tuple[int, int]]] = [[] for _ in streams]
+        for i, spans in self.each(streams):
+            out[i] = spans
+        return out
+
+    def each(self, streams: list[Iterable[np.ndarray]]) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+        """(index, segments in ms) of each stream as soon as it ends, shortest streams first; all streams
+        still running go through the network together, block by block."""
         feeds = [_blocks(s, self.block) for s in streams]
         states = [StreamState() for _ in streams]
         speech: list[list[np.ndarray]] = [[] for _ in streams]
@@ -52,14 +60,14 @@ class Detector:
             probs = self.scorer.silence([states[i] for i in active], feats)
             for i, p in zip(active, probs):
                 speech[i].append(decisions.speech_frames(p, self.rules))
+            ended = set(active).difference(still)
             active = still
-        out = []
-        for flags, state in zip(speech, states):
-            if state.samples < self.scorer.logmel.win:
-                out.append([])
-                continue
-            out.append(decisions.segments(np.concatenate(flags), self.rules))
-        return out
+            for i in sorted(ended):
+                flags, speech[i] = speech[i], []
+                if states[i].samples < self.scorer.logmel.win:
+                    yield i, []
+                else:
+                    yield i, decisions.segments(np.concatenate(flags), self.rules)
 
 
 # network dtype, and whether frames near the decision threshold are recomputed in fp32
@@ -120,6 +128,13 @@ def segments_many(streams: list[Iterable[np.ndarray]], directory: Path, max_segm
                   precision: str | None = None) -> list[list[tuple[int, int]]]:
     """Segments of several streams (the channels of one or more calls) in one batched pass."""
     return [split_long(spans, max_segment_ms) for spans in detector(directory, precision).run(streams)]
+
+
+def segments_each(streams: list[Iterable[np.ndarray]], directory: Path, max_segment_ms: int,
+                  precision: str | None = None) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+    """(index, segments) of several streams in one batched pass, each stream's as soon as it ends."""
+    for i, spans in detector(directory, precision).each(streams):
+        yield i, split_long(spans, max_segment_ms)
 
 
 def segments_stream(blocks: Iterable[np.ndarray], directory: Path, max_segment_ms: int,

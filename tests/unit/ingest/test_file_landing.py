@@ -1,0 +1,85 @@
+"""An ingest task stores each call of its group as soon as the VAD has ended that call's channels (issue 16):
+the shortest call of a group reaches the batcher after its own blocks, not after the group's longest call, so
+the GPU gets a steady stream of segments instead of a wave per group."""
+
+from unittest import mock
+
+import numpy as np
+import soundfile as sf
+
+from shared.config import Settings
+from shared.schema import File, FileState, Job, JobState, Segment
+from workers.ingest.vad import Detector, detector
+
+DIRECTORY = Settings().vad_model_dir
+RATE = 16000
+
+
+def _bursts(seconds: float, seed: int) -> np.ndarray:
+    """Noise bursts of 0.5-2 s between pauses of 0.5-2 s: something for the VAD to cut."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE), dtype=np.float32)
+    at = 0
+    while at < out.size:
+        on, off = (int(rng.uniform(0.5, 2.0) * RATE) for _ in range(2))
+        piece = out[at:at + on]
+        piece[:] = 0.3 * rng.standard_normal(piece.size) * np.hanning(piece.size)
+        at += on + off
+    return out
+
+
+def test_streams_end_shortest_first_with_the_segments_of_a_whole_run():
+    det: Detector = detector(DIRECTORY, "fp32")
+    audio = [_bursts(s, seed) for seed, s in enumerate((150.0, 20.0, 75.0, 0.01))]
+    order = [i for i, _ in det.each([[a] for a in audio])]
+    assert order == [1, 3, 2, 0] or order == [3, 1, 2, 0]  # 20 s and 0.01 s both end in the first 60 s block
+    together = det.run([[a] for a in audio])
+    assert together == [det.run([[a]])[0] for a in audio]
+    assert all(together[i] for i in (0, 1, 2)) and together[3] == []
+
+
+def test_a_short_call_is_stored_before_the_long_call_of_its_group_ends(db_scope, tmp_path):
+    from workers.ingest import files
+    from workers.ingest.vad.scorer import Scorer
+
+    long_s, short_s = 200.0, 15.0
+    with db_scope() as db:
+        job = Job(state=JobState.queued, files_total=2)
+        db.add(job)
+        db.flush()
+        ids = []
+        for name, seconds, seed in (("long.wav", long_s, 1), ("short.wav", short_s, 2)):
+            path = tmp_path / name
+            sf.write(path, np.stack([_bursts(seconds, seed), _bursts(seconds, seed + 10)], axis=1), RATE,
+                     subtype="PCM_16")
+            f = File(job_id=job.id, name=name, path=str(path), size_bytes=path.stat().st_size)
+            db.add(f)
+            db.flush()
+            ids.append(f.id)
+        job_id = job.id
+
+    steps = []  # VAD steps (one block of every running stream) so far, at each call
+    stored = []  # (file name, VAD steps done when it was stored)
+    silence, store = Scorer.silence, files._store
+
+    def counting(self, states, feats):
+        steps.append(len(states))
+        return silence(self, states, feats)
+
+    def recording(d, spans, settings):
+        stored.append((d.file.name, len(steps)))
+        return store(d, spans, settings)
+
+    with mock.patch.object(Scorer, "silence", counting), mock.patch.object(files, "_store", recording), \
+            mock.patch.object(files.batching, "batch_pending") as batch, \
+            mock.patch.object(files.ingest_files, "send_event"):
+        files.ingest_files(ids)
+
+    blocks = -(-int(long_s) // 60)  # 60 s blocks (SPEECHQ_VAD_BLOCK_SECONDS)
+    assert len(steps) == blocks and steps[0] == 4 and steps[-1] == 2  # the short call's channels left after block 1
+    assert stored == [("short.wav", 1), ("long.wav", blocks)]
+    assert batch.call_count == 2  # the batcher is offered each file's segments as it lands
+    with db_scope() as db:
+        states = {f.name: f.state for f in db.query(File).filter(File.job_id == job_id)}
+        assert states == {"short.wav": FileState.segmented, "long.wav": FileState.segmented}
+        assert db.query(Segment).filter(Segment.job_id == job_id).count() > 0
