@@ -38,3 +38,25 @@ def test_eager_options_leave_the_models_as_built(models_dir):
     layer, block = sv.layer, e2v.block
     optimise(sv, e2v, Options(dtype="fp32", compile="off", cuda_graphs=False))
     assert sv.layer is layer and e2v.block is block and not sv.shifted and sv.replay is None
+
+
+def test_warm_up_leaves_no_batch_shape_to_compile(models_dir):
+    """After the engine's warm-up no batch waits for a compilation, one-segment batches included: torch.compile
+    specialises dimensions of size 1, and a job's first one-segment batch stalled the GPU worker for 17.9 s
+    (H100, BENCHMARKS.md) when the warm-up had none."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from workers.gpu.engine import Engine
+
+    torch._dynamo.reset()
+    engine = Engine(Options(dtype="fp32", compile="layers", cuda_graphs=False, packed=True),
+                    models_dir / "SenseVoiceSmall", models_dir / "emotion2vec_plus_large", torch.device("cpu"))
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0  # compiled, so a new shape would show here
+    rng = np.random.default_rng(3)
+    for seconds in ([0.3], [engine.options.max_segment_seconds], [12.0], [0.25, 0.3], [0.4] * 3,
+                    list(rng.uniform(0.2, 30, 16)), list(rng.uniform(0.2, 30, 33))):
+        wavs = [(0.05 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in seconds]
+        assert len(engine.run(wavs, ["auto"] * len(wavs), [True] * len(wavs))) == len(wavs)
+        assert counters["stats"]["unique_graphs"] == graphs, f"a batch of {len(wavs)} segment(s) compiled anew"
