@@ -12,7 +12,10 @@ of server paths, and measures until the job ends:
   the device's used memory and the GPU worker's own);
 - CPU seconds per role (ingest, gpu, api, broker, supervisor) from the process tree;
 - status poll latency (p50/p99) through the run;
-- segments stored vs segments the VAD made, and files done/failed.
+- segments stored vs segments the VAD made, and files done/failed;
+- a timeline in 5 s steps from submit: speech-seconds segmented (stored by the ingest workers) and
+  speech-seconds with results (stored by the GPU worker), and the GPU busy fraction in each step, so
+  that the ramp at the start and the tail at the end show.
 
 `--baseline-calls K` also runs what a user has today on the first K calls, side by side: funasr
 AutoModel in one process on the same GPU, as its docs show it (SenseVoice with its FSMN-VAD, and
@@ -37,6 +40,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,6 +114,7 @@ def make_calls(folder: Path, src: Path, hours: float, low_min: float, high_min: 
 @dataclass
 class Samples:
     gpu_util: list[float] = field(default_factory=list)
+    gpu_t: list[float] = field(default_factory=list)  # perf_counter of each GPU sample
     device_used: list[int] = field(default_factory=list)
     process_used: list[int] = field(default_factory=list)
     cpu: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid -> (role, cpu seconds so far)
@@ -117,6 +122,8 @@ class Samples:
     polls_ms: list[float] = field(default_factory=list)
     first_batch_s: float | None = None
     first_result_s: float | None = None
+    t0: float = 0.0  # perf_counter at submit
+    t0_epoch: float = 0.0  # the same instant as a Unix time (for the database's timestamps)
 
 
 def role_of(proc: psutil.Process) -> str:
@@ -140,6 +147,7 @@ def sample_gpu(samples: Samples, stop: threading.Event, index: int) -> None:
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
     while not stop.is_set():
         samples.gpu_util.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        samples.gpu_t.append(time.perf_counter())
         samples.device_used.append(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
         procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
         samples.process_used.append(max((p.usedGpuMemory or 0 for p in procs), default=0))
@@ -234,7 +242,8 @@ def stop_stack(proc: subprocess.Popen) -> None:
 
 def run_job(url: str, names: list[str], samples: Samples, db: Path, timeout: float) -> tuple[dict, float]:
     stop = threading.Event()
-    t0 = time.perf_counter()
+    t0 = samples.t0 = time.perf_counter()
+    samples.t0_epoch = time.time()
     reply = httpx.post(f"{url}/v1/jobs/paths", json={"paths": names, "name": "e2e-bench"}, timeout=300)
     reply.raise_for_status()
     job = reply.json()
@@ -271,6 +280,43 @@ def counts(db: Path, job_id: str) -> dict:
     }
     con.close()
     return out
+
+
+def timeline(db: Path, job_id: str, samples: Samples, wall: float, step: float = 5.0) -> list[dict]:
+    """Per `step` seconds from submit: speech-seconds segmented and with results stored in it, and the
+    GPU's mean busy fraction (NVML) over it."""
+    def stamp(text: str) -> float:  # SQLite keeps UTC timestamps without their zone
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp() - samples.t0_epoch
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    cut = con.execute("SELECT created_at, end_ms - start_ms FROM segments WHERE job_id = ?", (job_id,)).fetchall()
+    done = con.execute("SELECT r.created_at, s.end_ms - s.start_ms FROM results r JOIN segments s "
+                       "ON s.id = r.segment_id WHERE r.job_id = ?", (job_id,)).fetchall()
+    con.close()
+    bins = int(wall // step) + 1
+    rows = [{"t": round(i * step, 1), "segmented_speech_s": 0.0, "results_speech_s": 0.0, "gpu_busy": None}
+            for i in range(bins)]
+    for key, pairs in (("segmented_speech_s", cut), ("results_speech_s", done)):
+        for text, ms in pairs:
+            i = min(bins - 1, max(0, int(stamp(text) // step)))
+            rows[i][key] += ms / 1000.0
+    util = np.array(samples.gpu_util, dtype=float)
+    at = np.array(samples.gpu_t, dtype=float) - samples.t0
+    for i, row in enumerate(rows):
+        row["segmented_speech_s"] = round(row["segmented_speech_s"], 1)
+        row["results_speech_s"] = round(row["results_speech_s"], 1)
+        inside = util[(at >= i * step) & (at < (i + 1) * step)] if util.size else util
+        if inside.size:
+            row["gpu_busy"] = round(float(inside.mean()) / 100, 2)
+    return rows
+
+
+def timeline_table(rows: list[dict]) -> str:
+    lines = ["| from submit (s) | speech segmented (s) | speech with results (s) | GPU busy |", "|---:|---:|---:|---:|"]
+    for r in rows:
+        busy = "" if r["gpu_busy"] is None else f"{100 * r['gpu_busy']:.0f} %"
+        lines.append(f"| {r['t']:.0f} | {r['segmented_speech_s']:.0f} | {r['results_speech_s']:.0f} | {busy} |")
+    return "\n".join(lines)
 
 
 # --- the baseline ------------------------------------------------------------------------------------
@@ -390,6 +436,7 @@ def main() -> None:
         "cpu_cores_busy_by_role": {k: v / wall for k, v in by_role.items()},
         "status_poll_ms_p50": float(np.percentile(polls, 50)), "status_poll_ms_p99": float(np.percentile(polls, 99)),
         "polls": len(samples.polls_ms), **n, "cores": os.cpu_count(), "commit": commit(),
+        "timeline": timeline(work / "data" / "speechq.db", job["id"], samples, wall),
     }
     budget = f"{args.gpu_memory_gb:g} GB budget" if args.gpu_memory_gb else "default budget"
     records = [Record(system=f"speechq up, whole stack ({budget})", model="FSMN-VAD + SenseVoiceSmall + emotion2vec+ large",
@@ -419,6 +466,7 @@ def main() -> None:
     for r in records:
         r.gpu = gpu_name
     print(table(records))
+    print(timeline_table(summary["timeline"]))
     print(json.dumps(summary, indent=2))
     if args.out:
         save(records, args.out)
