@@ -154,9 +154,10 @@ def ingest_files(self, file_ids: list[str]) -> None:
 
 
 def _segment_and_store(task, decoded: list[Decoded], settings) -> None:
-    """FSMN-VAD over every channel of the decoded files together; each file is stored, and its segments
-    offered to the batcher, as soon as its own channels end (the shortest call of a group does not wait for
-    the longest: the GPU gets a steady stream of segments, not a wave per group)."""
+    """FSMN-VAD over every channel of the decoded files together; each file is stored as soon as its own
+    channels end, and the batcher is offered the segments after each block in which some file ended (the
+    shortest call of a group does not wait for the longest: the GPU gets a steady stream of segments, not
+    a wave per group)."""
     from workers.ingest import vad  # torch: loaded where the VAD runs, not in every process that imports this
 
     owner = [k for k, d in enumerate(decoded) for _ in d.paths]
@@ -165,10 +166,10 @@ def _segment_and_store(task, decoded: list[Decoded], settings) -> None:
     stored: set[int] = set()
     streams = [read_raw(p, vad.CHUNK_SAMPLES) for d in decoded for p in d.paths]
     max_ms = int(settings.max_segment_seconds * 1000)
-    ended = vad.segments_each(streams, settings.vad_model_dir, max_ms)
+    steps = vad.segments_each(streams, settings.vad_model_dir, max_ms)
     while True:
         try:
-            i, spans = next(ended)
+            ended = next(steps)
         except StopIteration:
             return
         except Exception as exc:  # noqa: BLE001 - which file caused it is unknown: each not stored tries again alone
@@ -177,16 +178,20 @@ def _segment_and_store(task, decoded: list[Decoded], settings) -> None:
             for d in left:
                 retries.again_alone(d.file.id, exc)
             return
-        k = owner[i]
-        found[k][i - first[k]] = spans
-        d = decoded[k]
-        if len(found[k]) < len(d.paths):
-            continue
-        total = _store(d, [found[k][c] for c in range(len(d.paths))], settings)
-        stored.add(k)
-        task.send_event("task-progress", job=d.file.job_id, file=d.file.name, channels=len(d.paths),
-                        segments=total)
-        batching.batch_pending()
+        landed = False
+        for i, spans in ended:
+            k = owner[i]
+            found[k][i - first[k]] = spans
+            d = decoded[k]
+            if len(found[k]) < len(d.paths):
+                continue
+            total = _store(d, [found[k][c] for c in range(len(d.paths))], settings)
+            stored.add(k)
+            landed = True
+            task.send_event("task-progress", job=d.file.job_id, file=d.file.name, channels=len(d.paths),
+                            segments=total)
+        if landed:
+            batching.batch_pending()
 
 
 def _store(d: Decoded, spans_per_channel: list[list[tuple[int, int]]], settings) -> int:

@@ -31,24 +31,24 @@ def _bursts(seconds: float, seed: int) -> np.ndarray:
 def test_streams_end_shortest_first_with_the_segments_of_a_whole_run():
     det: Detector = detector(DIRECTORY, "fp32")
     audio = [_bursts(s, seed) for seed, s in enumerate((150.0, 20.0, 75.0, 0.01))]
-    order = [i for i, _ in det.each([[a] for a in audio])]
-    assert order == [1, 3, 2, 0] or order == [3, 1, 2, 0]  # 20 s and 0.01 s both end in the first 60 s block
+    steps = [[i for i, _ in ended] for ended in det.each([[a] for a in audio])]
+    assert steps == [[1, 3], [2], [0]]  # 20 s and 0.01 s end in the first 60 s block, 75 s in the second
     together = det.run([[a] for a in audio])
     assert together == [det.run([[a]])[0] for a in audio]
     assert all(together[i] for i in (0, 1, 2)) and together[3] == []
 
 
-def test_a_short_call_is_stored_before_the_long_call_of_its_group_ends(db_scope, tmp_path):
+def test_short_calls_are_stored_before_the_long_call_of_their_group_ends(db_scope, tmp_path):
     from workers.ingest import files
     from workers.ingest.vad.scorer import Scorer
 
-    long_s, short_s = 200.0, 15.0
+    long_s = 200.0
     with db_scope() as db:
-        job = Job(state=JobState.queued, files_total=2)
+        job = Job(state=JobState.queued, files_total=3)
         db.add(job)
         db.flush()
         ids = []
-        for name, seconds, seed in (("long.wav", long_s, 1), ("short.wav", short_s, 2)):
+        for name, seconds, seed in (("long.wav", long_s, 1), ("short.wav", 15.0, 2), ("shorter.wav", 9.0, 3)):
             path = tmp_path / name
             sf.write(path, np.stack([_bursts(seconds, seed), _bursts(seconds, seed + 10)], axis=1), RATE,
                      subtype="PCM_16")
@@ -76,10 +76,10 @@ def test_a_short_call_is_stored_before_the_long_call_of_its_group_ends(db_scope,
         files.ingest_files(ids)
 
     blocks = -(-int(long_s) // 60)  # 60 s blocks (SPEECHQ_VAD_BLOCK_SECONDS)
-    assert len(steps) == blocks and steps[0] == 4 and steps[-1] == 2  # the short call's channels left after block 1
-    assert stored == [("short.wav", 1), ("long.wav", blocks)]
-    assert batch.call_count == 2  # the batcher is offered each file's segments as it lands
+    assert len(steps) == blocks and steps[0] == 6 and steps[-1] == 2  # the short calls' channels left after block 1
+    assert stored == [("short.wav", 1), ("shorter.wav", 1), ("long.wav", blocks)]
+    assert batch.call_count == 2  # once after each block in which some call landed
     with db_scope() as db:
         states = {f.name: f.state for f in db.query(File).filter(File.job_id == job_id)}
-        assert states == {"short.wav": FileState.segmented, "long.wav": FileState.segmented}
+        assert states == dict.fromkeys(("short.wav", "shorter.wav", "long.wav"), FileState.segmented)
         assert db.query(Segment).filter(Segment.job_id == job_id).count() > 0

@@ -38,13 +38,14 @@ class Detector:
     def run(self, streams: list[Iterable[np.ndarray]]) -> list[list[tuple[int, int]]]:
         """Segments (ms) of each 16 kHz mono float32 stream; all streams go through the network together."""
         out: list[list[tuple[int, int]]] = [[] for _ in streams]
-        for i, spans in self.each(streams):
-            out[i] = spans
+        for ended in self.each(streams):
+            for i, spans in ended:
+                out[i] = spans
         return out
 
-    def each(self, streams: list[Iterable[np.ndarray]]) -> Iterator[tuple[int, list[tuple[int, int]]]]:
-        """(index, segments in ms) of each stream as soon as it ends, shortest streams first; all streams
-        still running go through the network together, block by block."""
+    def each(self, streams: list[Iterable[np.ndarray]]) -> Iterator[list[tuple[int, list[tuple[int, int]]]]]:
+        """After each block in which some streams end: [(index, segments in ms), ...] of those streams, so
+        the shortest streams come first; all streams still running go through the network together."""
         feeds = [_blocks(s, self.block) for s in streams]
         states = [StreamState() for _ in streams]
         speech: list[list[np.ndarray]] = [[] for _ in streams]
@@ -60,14 +61,17 @@ class Detector:
             probs = self.scorer.silence([states[i] for i in active], feats)
             for i, p in zip(active, probs):
                 speech[i].append(decisions.speech_frames(p, self.rules))
-            ended = set(active).difference(still)
+            ended = sorted(set(active).difference(still))
             active = still
-            for i in sorted(ended):
-                flags, speech[i] = speech[i], []
-                if states[i].samples < self.scorer.logmel.win:
-                    yield i, []
-                else:
-                    yield i, decisions.segments(np.concatenate(flags), self.rules)
+            if ended:
+                yield [(i, self._segments(speech[i], states[i])) for i in ended]
+                for i in ended:
+                    speech[i] = []
+
+    def _segments(self, flags: list[np.ndarray], state: StreamState) -> list[tuple[int, int]]:
+        if state.samples < self.scorer.logmel.win:
+            return []
+        return decisions.segments(np.concatenate(flags), self.rules)
 
 
 # network dtype, and whether frames near the decision threshold are recomputed in fp32
@@ -131,10 +135,11 @@ def segments_many(streams: list[Iterable[np.ndarray]], directory: Path, max_segm
 
 
 def segments_each(streams: list[Iterable[np.ndarray]], directory: Path, max_segment_ms: int,
-                  precision: str | None = None) -> Iterator[tuple[int, list[tuple[int, int]]]]:
-    """(index, segments) of several streams in one batched pass, each stream's as soon as it ends."""
-    for i, spans in detector(directory, precision).each(streams):
-        yield i, split_long(spans, max_segment_ms)
+                  precision: str | None = None) -> Iterator[list[tuple[int, list[tuple[int, int]]]]]:
+    """Several streams in one batched pass: after each block in which some end, [(index, segments), ...]
+    of those."""
+    for ended in detector(directory, precision).each(streams):
+        yield [(i, split_long(spans, max_segment_ms)) for i, spans in ended]
 
 
 def segments_stream(blocks: Iterable[np.ndarray], directory: Path, max_segment_ms: int,
