@@ -4,7 +4,7 @@ Runs the real ingest task (`workers.ingest.files.ingest_files`, as a worker runs
 8 kHz G.711 call against a throw-away SQLite database and an embedded Valkey, in a fresh
 single-threaded process. Each stage is timed where the task calls it (wall and CPU seconds,
 exclusive of the stages nested in it): claim, probe, decode + resample, spool writes, VAD
-(fbank, LFR + CMVN, FSMN forward, fp32 recheck, decisions), loudness, database rows, batching
+(fbank, LFR + CMVN, FSMN forward, fp32 recheck forward and bookkeeping, decisions), loudness, database rows, batching
 (segment audio to the spool, batch rows). A warm-up task on a short call comes first, so that
 model loading and first-use costs are not counted.
 
@@ -99,6 +99,7 @@ def instrument(stages: Stages) -> None:
     stages.patch(scorer.Scorer, "features", "VAD: LFR + CMVN")
     stages.patch(fbank.LogMel, "forward", "VAD: fbank")
     stages.patch(scorer._Weights, "forward", "VAD: FSMN forward")
+    stages.patch(scorer._Weights, "at", "VAD: fp32 recheck forward")
     stages.patch(scorer.Scorer, "_recheck", "VAD: fp32 recheck (bookkeeping)")
     stages.patch(decisions, "speech_frames", "VAD: decisions")
     stages.patch(decisions, "segments", "VAD: decisions")

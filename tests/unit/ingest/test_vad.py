@@ -162,8 +162,29 @@ def test_mixed_precision_recomputes_frames_near_the_threshold_exactly(name, bloc
     near = np.abs(fast - det.rules.pivot) < det.scorer.margin
     assert 0 < near.sum() == det.scorer.rechecked and det.scorer.frames == exact.size
     np.testing.assert_allclose(mixed[near], exact[near], atol=1e-5)
+    if block >= 16000:  # the fp32 pass multiplies many rows at once there, and so does the recheck: same bits
+        np.testing.assert_array_equal(mixed[near], exact[near])
     np.testing.assert_array_equal(mixed[~near], fast[~near])
     assert np.abs(fast - exact).max() < det.scorer.margin / 2
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_recheck_computes_each_layer_only_where_flagged_frames_need_it(seed):
+    """The recheck's pruned forward gives the whole-stream fp32 pass's bits at the flagged frames:
+    lone frames, runs, frames closer to the stream's start than the reach, several streams."""
+    scorer = Detector(DIRECTORY, "fp32").scorer
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randn(n, 400, generator=g) * 2 for n in (300, 90, 40, 12)]
+    whole = [scorer.exact.forward(s[None], [scorer.exact.zero_memory(scorer.lorder - 1)], [s.shape[0]])[0]
+             for s in seqs]
+    flagged = [torch.tensor(p) for p in ([3, 100, 101, 102, 180, 260, 299], [0, 89], [20], [11])]
+    got = scorer.exact.at(list(zip(seqs, flagged)))
+    for pos, ref, value in zip(flagged, whole, got):
+        assert torch.equal(value, ref[pos])
+    # a frame a whole reach into a block, with only the reach before it kept, still gets the stream's value
+    late = torch.tensor([250])
+    tail = seqs[0][250 - scorer.reach:]
+    assert torch.equal(scorer.exact.at([(tail, late - (250 - scorer.reach))])[0], whole[0][late])
 
 
 @pytest.mark.parametrize("seconds", [0.5, 7])

@@ -10,7 +10,8 @@ Checked mixed precision: the network runs in bf16 (about twice as fast on AVX-51
 cores), and every frame whose bf16 posterior lies within `margin` of the speech/silence threshold
 is computed again in fp32. The FSMN looks back a fixed number of frames and never ahead, so a
 frame's fp32 output needs only that many earlier input frames, not the whole stream: each stream
-keeps its last `reach` fp32 input frames between steps. Decisions therefore equal fp32's, as long
+keeps its last `reach` fp32 input frames between steps. Deeper layers need fewer of them, so the
+recheck computes each layer only at the frames that a flagged frame still depends on. Decisions therefore equal fp32's, as long
 as bf16's error on the posterior stays below the margin (tests measure it; it is a few hundredths
 of the margin).
 
@@ -135,28 +136,20 @@ class Scorer:
             idx = torch.nonzero(near[i, :f.shape[0]]).flatten()
             if idx.numel() == 0:
                 continue
-            seq = torch.cat((past, f))  # the whole block only where some frame is flagged
-            pos = idx + past.shape[0]
-            # keep every input frame some flagged frame depends on: [pos - reach, pos]
-            edge = torch.zeros(seq.shape[0] + 1, dtype=torch.int32)
-            edge.index_add_(0, (pos - self.reach).clamp(min=0), torch.ones_like(pos, dtype=torch.int32))
-            edge.index_add_(0, pos + 1, -torch.ones_like(pos, dtype=torch.int32))
-            keep = torch.cumsum(edge[:-1], 0) > 0
-            where = torch.cumsum(keep, 0) - 1
-            rows.append(seq[keep])
-            picks.append((i, idx, where[pos]))
+            # The whole block only where some frame is flagged. It starts at the stream's start or
+            # `reach` frames before the block, so every frame a flagged frame depends on is in it.
+            rows.append((torch.cat((past, f)), idx + past.shape[0]))
+            picks.append((i, idx))
         if not rows:
             return
-        # One row per stream: its kept runs back to back. Runs start `reach` frames before the first
-        # frame read, so whatever precedes a run in the row cannot reach a frame that is read; a run
-        # at the very start of a stream starts the row, with zero memory as in funasr.
-        lengths = [r.shape[0] for r in rows]
-        width = max(lengths)
-        x = torch.stack([F.pad(r, (0, 0, 0, width - r.shape[0])) for r in rows])
-        exact = self.exact.forward(x, [self.exact.zero_memory(self.lorder - 1) for _ in rows], lengths)
-        for row, (i, idx, at) in enumerate(picks):
-            prob[i, idx] = exact[row, at]
+        for (i, idx), exact in zip(picks, self.exact.at(rows)):
+            prob[i, idx] = exact
             self.rechecked += idx.numel()
+
+
+# MKL multiplies a product of fewer than 12 rows (but 4 and 8) with other kernels, whose sums
+# differ from the full pass's in the last bit: the pruned layers pad their few frames to this.
+_MIN_ROWS = 16
 
 
 class _Weights:
@@ -201,3 +194,45 @@ class _Weights:
             x = torch.relu_(F.linear(p.add_(conv), wa, ba))
         logits = F.linear(x, *self.tail).float()
         return torch.softmax(logits, dim=-1)[..., 0]
+
+    def at(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Silence posteriors at the frames `pos` of each (T, 400) input sequence `seq`, each layer
+        computed only where those frames still depend on it. A layer's memory looks back
+        `lorder - 1` of its inputs and never ahead, so the output at a frame needs layer k's input
+        at most (layers - k) x (lorder - 1) frames earlier: the head runs on the whole reach, the
+        last layer on the flagged frames and their memory, the tail on the flagged frames alone.
+        A sequence must start at its stream's start (memory zero, as in funasr) or a whole reach
+        before its first pos. Each layer's frames are packed back to back per row; a frame's
+        lookback is a run of consecutive kept frames, so the packed memory convolution reads the
+        same inputs as the stream's own."""
+        pad = self.layers[0][1].shape[-1] - 1
+        depth = len(self.layers)
+        keep = [[_within(seq.shape[0], pos, (depth - level) * pad) for level in range(depth + 1)] for seq, pos in rows]
+        x = _packed([seq[k[0]] for (seq, _), k in zip(rows, keep)], rows_at_least=_MIN_ROWS)
+        (w1, b1), (w2, b2) = self.head
+        x = torch.relu_(F.linear(F.linear(x.to(self.dtype), w1, b1), w2, b2))
+        for level, ((wp, _), taps, (wa, ba)) in enumerate(self.layers):
+            p = F.linear(x, wp)
+            conv = F.conv1d(F.pad(p.transpose(1, 2), (pad, 0)), taps, groups=taps.shape[0]).transpose(1, 2)
+            # where this layer's needed outputs sit among its packed inputs
+            index = _packed([(torch.cumsum(k[level], 0) - 1)[k[level + 1]] for k in keep], rows_at_least=_MIN_ROWS)
+            h = p.add_(conv).gather(1, index.unsqueeze(-1).expand(-1, -1, p.shape[-1]))
+            x = torch.relu_(F.linear(h, wa, ba))
+        prob = torch.softmax(F.linear(x, *self.tail).float(), dim=-1)[..., 0]
+        return [prob[b, :pos.numel()] for b, (_, pos) in enumerate(rows)]
+
+
+def _within(length: int, pos: torch.Tensor, back: int) -> torch.Tensor:
+    """Mask over `length` frames: those at most `back` frames before some frame of `pos`, or in it."""
+    edge = torch.zeros(length + 1, dtype=torch.int32)
+    edge.index_add_(0, (pos - back).clamp(min=0), torch.ones_like(pos, dtype=torch.int32))
+    edge.index_add_(0, pos + 1, -torch.ones_like(pos, dtype=torch.int32))
+    return torch.cumsum(edge[:-1], 0) > 0
+
+
+def _packed(rows: list[torch.Tensor], rows_at_least: int = 0) -> torch.Tensor:
+    """Rows of different lengths as one zero-padded batch (B, T, ...): T is the longest row's
+    length, or more where B x T would be under `rows_at_least`."""
+    batch = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+    short = -(-rows_at_least // len(rows)) - batch.shape[1]
+    return F.pad(batch, (0, 0) * (batch.dim() - 2) + (0, short)) if short > 0 else batch
