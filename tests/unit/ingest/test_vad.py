@@ -168,6 +168,20 @@ def test_mixed_precision_recomputes_frames_near_the_threshold_exactly(name, bloc
     assert np.abs(fast - exact).max() < det.scorer.margin / 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("streams", "frames"), [(8, 6000), (1, 1), (3, 77)])
+def test_memory_block_sums_as_the_depthwise_conv1d(dtype, streams, frames):
+    """The channels-last convolution gives the conv1d-over-transposed-copies bits, fp32 and bf16."""
+    from workers.ingest.vad.scorer import _memory_block
+
+    g = torch.Generator().manual_seed(streams * frames)
+    y = torch.randn(streams, 19 + frames, 128, generator=g).to(dtype)
+    taps = torch.randn(128, 1, 20, generator=g).to(dtype)
+    ref = torch.nn.functional.conv1d(y.transpose(1, 2), taps, groups=128).transpose(1, 2)
+    got = _memory_block(y, taps)
+    assert torch.equal(got, ref) and got.is_contiguous()
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_recheck_computes_each_layer_only_where_flagged_frames_need_it(seed):
     """The recheck's pruned forward gives the whole-stream fp32 pass's bits at the flagged frames:
