@@ -147,17 +147,20 @@ def ingest_files(self, file_ids: list[str]) -> None:
             retries.again_alone(file_id, exc)
             continue
         decoded.append(Decoded(f, info, paths, samples))
-    if decoded:
-        _segment_and_store(self, decoded, settings)
+    if not (decoded and _segment_and_store(self, decoded, settings)):
+        # Nothing of this group was stored: a file that failed, or was a copy of one already in its job, may
+        # have been its job's last one in flight. The job's waiting segments are cut into batches now, not at
+        # the reconciler's next pass (up to 30 s later).
+        batching.batch_pending()
     if failures:
         raise progress.FilesFailed.of(failures, len(file_ids))
 
 
-def _segment_and_store(task, decoded: list[Decoded], settings) -> None:
+def _segment_and_store(task, decoded: list[Decoded], settings) -> bool:
     """FSMN-VAD over every channel of the decoded files together; each file is stored as soon as its own
     channels end, and the batcher is offered the segments after each block in which some file ended (the
     shortest call of a group does not wait for the longest: the GPU gets a steady stream of segments, not
-    a wave per group)."""
+    a wave per group). True if some file was stored."""
     from workers.ingest import vad  # torch: loaded where the VAD runs, not in every process that imports this
 
     owner = [k for k, d in enumerate(decoded) for _ in d.paths]
@@ -171,13 +174,13 @@ def _segment_and_store(task, decoded: list[Decoded], settings) -> None:
         try:
             ended = next(steps)
         except StopIteration:
-            return
+            return bool(stored)
         except Exception as exc:  # noqa: BLE001 - which file caused it is unknown: each not stored tries again alone
             left = [d for k, d in enumerate(decoded) if k not in stored]
             log.exception("the VAD failed on a group of %d file(s)", len(left))
             for d in left:
                 retries.again_alone(d.file.id, exc)
-            return
+            return bool(stored)
         landed = False
         for i, spans in ended:
             k = owner[i]

@@ -83,3 +83,41 @@ def test_short_calls_are_stored_before_the_long_call_of_their_group_ends(db_scop
         states = {f.name: f.state for f in db.query(File).filter(File.job_id == job_id)}
         assert states == dict.fromkeys(("short.wav", "shorter.wav", "long.wav"), FileState.segmented)
         assert db.query(Segment).filter(Segment.job_id == job_id).count() > 0
+
+
+def test_a_group_that_stores_nothing_still_offers_its_job_to_the_batcher(db_scope, tmp_path):
+    """A job's last file in flight may end without landing: a copy of audio already in the job, or a file
+    that fails. Its job's waiting segments must be cut into batches then, not at the reconciler's next pass
+    (seen: jobs that waited 22-30 s for it)."""
+    from datetime import timedelta
+
+    import pytest
+
+    from shared.progress import FilesFailed
+    from shared.schema import utcnow
+    from workers.ingest import files
+
+    good, junk = tmp_path / "call.wav", tmp_path / "junk.wav"
+    sf.write(good, _bursts(5.0, 1), RATE, subtype="PCM_16")
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    with db_scope() as db:
+        job = Job(state=JobState.running, files_total=3)
+        db.add(job)
+        db.flush()
+        first = File(job_id=job.id, name="call.wav", path=str(good), sha256="a" * 64, state=FileState.segmented,
+                     created_at=utcnow() - timedelta(minutes=1))
+        copy = File(job_id=job.id, name="copy.wav", path=str(good), sha256="a" * 64)
+        bad = File(job_id=job.id, name="junk.wav", path=str(junk), sha256="b" * 64)
+        db.add_all([first, copy, bad])
+        db.flush()
+        first_id, copy_id, bad_id = first.id, copy.id, bad.id
+
+    with mock.patch.object(files.batching, "batch_pending") as batch:
+        files.ingest_files([copy_id])
+        assert batch.call_count == 1
+        with pytest.raises(FilesFailed):
+            files.ingest_files([bad_id])
+        assert batch.call_count == 2
+    with db_scope() as db:
+        assert db.get(File, copy_id).duplicate_of == first_id
+        assert db.get(File, bad_id).state == FileState.failed
