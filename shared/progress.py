@@ -121,8 +121,14 @@ def recount(db: Session, job: Job) -> bool:
     ended = job.files_done + job.files_failed + job.files_skipped == total
     if job.state in (JobState.queued, JobState.running) and ended:
         audio_files = total - job.files_skipped
-        job.state = JobState.done if job.files_done or not audio_files else JobState.failed
-        if job.state == JobState.failed:
+        # an archive refused whole (a bomb, over a limit, unreadable) held the job's calls: with nothing done,
+        # the job failed, rather than ending done as if it held no audio
+        refused = 0 if job.files_done or audio_files else db.scalar(
+            select(func.count()).where(Archive.job_id == job.id, Archive.state == ArchiveState.failed))
+        job.state = JobState.done if job.files_done or not (audio_files or refused) else JobState.failed
+        if job.state == JobState.failed and refused:
+            job.error = job.error or "every archive was refused; see the job's errors"
+        elif job.state == JobState.failed:
             job.error = job.error or "every file failed; see the files' errors"
         elif not audio_files:
             skipped_note = f" ({job.files_skipped} skipped as not audio)" if job.files_skipped else ""

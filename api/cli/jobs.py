@@ -25,7 +25,7 @@ class ExitCode(enum.IntEnum):
     API_ERROR = 1  # the API could not be reached, or it answered with an error
     # 2: Typer's, for a wrong command line or a job the API refused
     NOT_FOUND = 3
-    FAILED = 4  # every file failed
+    FAILED = 4  # every file failed, or the archives that held the calls were refused whole
     PARTLY_FAILED = 5  # done, but some files failed
     CANCELLED = 6
     TIMEOUT = 7  # still running when the wait ended
