@@ -11,9 +11,9 @@ cores), and every frame whose bf16 posterior lies within `margin` of the speech/
 is computed again in fp32. The FSMN looks back a fixed number of frames and never ahead, so a
 frame's fp32 output needs only that many earlier input frames, not the whole stream: each stream
 keeps its last `reach` fp32 input frames between steps. Deeper layers need fewer of them, so the
-recheck computes each layer only at the frames that a flagged frame still depends on. Decisions therefore equal fp32's, as long
-as bf16's error on the posterior stays below the margin (tests measure it; it is a few hundredths
-of the margin).
+recheck computes each layer only at the frames that a flagged frame still depends on. Decisions
+therefore equal fp32's, as long as bf16's error on the posterior stays below the margin (tests
+measure it; it is a few hundredths of the margin).
 
 On a GPU host the bf16 pass may run on the GPU (`device`), with the fp32 recheck still on the CPU:
 the same argument gives the same decisions, and the CPU keeps only the frontend and the recheck.
