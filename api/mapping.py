@@ -59,13 +59,14 @@ def job_status(db: Session, job: Job, workers: GpuWorkers, used: list[ModelVersi
     rows = db.execute(select(File.name, File.state, File.error).where(File.job_id == job.id, File.error.is_not(None))
                       .order_by(File.name)).all()
     errors = [schemas.FileError(name=n, error=e) for n, state, e in rows if state != FileState.skipped]
-    errors += [schemas.FileError(name=n, error=e) for n, e in db.execute(
+    refused = [schemas.FileError(name=n, error=e) for n, e in db.execute(
         select(Archive.name, Archive.error).where(Archive.job_id == job.id, Archive.state == ArchiveState.failed))]
+    errors += refused
     active = job.state in ACTIVE_JOB
     random = any(m.random_weights for m in used) if used is not None else random_results(db, job.id)
     return schemas.JobStatus(
         id=job.id, name=job.name, state=job.state.value, files_total=job.files_total, files_done=job.files_done,
-        files_failed=job.files_failed, files_skipped=job.files_skipped or 0,
+        files_failed=job.files_failed, files_skipped=job.files_skipped or 0, archives_failed=len(refused),
         audio_total_s=round(job.audio_seconds_total, 3), audio_done_s=round(job.audio_seconds_done, 3),
         created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, error=job.error,
         errors=errors,

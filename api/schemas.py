@@ -66,6 +66,8 @@ class JobStatus(BaseModel):
     files_done: int
     files_failed: int
     files_skipped: int = Field(0, description="Files that are not audio (sidecars such as notes.txt): not failures.")
+    archives_failed: int = Field(0, description="Archives refused whole (unreadable, a bomb, over a limit): none of "
+                                                "their members is among the files; `errors` says why.")
     audio_total_s: float = Field(description="Seconds of audio in the files probed so far.")
     audio_done_s: float = Field(description="Seconds of audio in the files whose results are complete.")
     created_at: UtcDatetime

@@ -22,12 +22,12 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db import session_scope
-from shared.schema import DeliveryState, Job, WebhookDelivery, utcnow
+from shared.schema import Archive, ArchiveState, DeliveryState, Job, WebhookDelivery, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,11 @@ def checked_url(url: str | None, settings: Settings) -> str | None:
     return url
 
 
-def payload(job: Job, delivery_id: str) -> dict:
+def payload(job: Job, delivery_id: str, archives_failed: int = 0) -> dict:
     return {"event": EVENT, "delivery_id": delivery_id, "job": {
         "id": job.id, "name": job.name, "state": job.state.value, "error": job.error,
         "files_total": job.files_total, "files_done": job.files_done, "files_failed": job.files_failed,
-        "files_skipped": job.files_skipped or 0, "audio_total_s": round(job.audio_seconds_total or 0.0, 3),
+        "files_skipped": job.files_skipped or 0, "archives_failed": archives_failed, "audio_total_s": round(job.audio_seconds_total or 0.0, 3),
         "audio_done_s": round(job.audio_seconds_done or 0.0, 3), "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at)}}
 
@@ -81,7 +81,8 @@ def enqueue(db: Session, job: Job) -> WebhookDelivery | None:
                                state=DeliveryState.pending, attempts=0, next_attempt_at=utcnow())
     db.add(delivery)
     db.flush()  # its id goes into the body
-    delivery.body = json.dumps(payload(job, delivery.id), separators=(",", ":"))
+    refused = db.scalar(select(func.count()).where(Archive.job_id == job.id, Archive.state == ArchiveState.failed))
+    delivery.body = json.dumps(payload(job, delivery.id, refused or 0), separators=(",", ":"))
     return delivery
 
 

@@ -26,14 +26,14 @@ class ExitCode(enum.IntEnum):
     # 2: Typer's, for a wrong command line or a job the API refused
     NOT_FOUND = 3
     FAILED = 4  # every file failed, or the archives that held the calls were refused whole
-    PARTLY_FAILED = 5  # done, but some files failed
+    PARTLY_FAILED = 5  # done, but some files failed or some archives were refused whole
     CANCELLED = 6
     TIMEOUT = 7  # still running when the wait ended
 
 
 SUBMIT_RETRY_S = 30  # how long `submit` retries a lost connection or a 503 before it gives up
 EXIT_CODES = ("Exit codes: 0 done, or still running; 1 API unreachable or in error; 2 wrong usage; 3 no such job; "
-              "4 job failed; 5 some files failed; 6 cancelled.")
+              "4 job failed; 5 some files failed or archives refused; 6 cancelled.")
 
 
 def fail(code: ExitCode, message: str) -> typer.Exit:
@@ -49,8 +49,11 @@ def outcome(st: dict) -> tuple[ExitCode, str]:
         return ExitCode.FAILED, f"{job} failed: " + (st.get("error") or "see the files' errors")
     if st["state"] == "cancelled":
         return ExitCode.CANCELLED, f"{job} was cancelled"
-    if st["state"] == "done" and st["files_failed"]:
-        return ExitCode.PARTLY_FAILED, f"{job}: {st['files_failed']} of {st['files_total']} file(s) failed"
+    refused = st.get("archives_failed", 0)
+    if st["state"] == "done" and (st["files_failed"] or refused):
+        lost = [f"{st['files_failed']} of {st['files_total']} file(s) failed"] if st["files_failed"] else []
+        lost += [f"{refused} archive(s) refused whole"] if refused else []
+        return ExitCode.PARTLY_FAILED, f"{job}: " + ", ".join(lost)
     return ExitCode.OK, ""
 
 
@@ -127,6 +130,8 @@ def _info(st: dict) -> str:
     skipped = f"+{st['files_skipped']} skipped" if st.get("files_skipped") else ""
     text = (f"{st['state']}: files {st['files_done']}+{st['files_failed']} failed{skipped}/{st['files_total']}, "
             f"audio {st['audio_done_s']:.0f}/{st['audio_total_s']:.0f} s")
+    if st.get("archives_failed"):
+        text += f", {st['archives_failed']} archive(s) refused"
     return text + (f" ({st['warning']})" if st.get("warning") else "")
 
 
@@ -192,7 +197,8 @@ def show_results(url: str, job_id: str, status: dict | None = None, limit: int |
     st = status or res["job"]
     console.print(f"job {job_id}: [bold]{st['state']}[/], files {st['files_done']} done, "
                   f"{st['files_failed']} failed, {st.get('files_skipped', 0)} skipped of {st['files_total']}, "
-                  f"{st['audio_total_s']:.1f} s of audio")
+                  f"{st['audio_total_s']:.1f} s of audio"
+                  + (f", {st['archives_failed']} archive(s) refused whole" if st.get("archives_failed") else ""))
     for warning in (res.get("warning"), st.get("warning")):
         if warning:
             console.print(f"[bold red]{escape(warning)}[/]")

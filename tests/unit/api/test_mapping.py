@@ -208,6 +208,26 @@ def test_a_job_of_sidecars_only_is_done_at_once(client, monkeypatch):
     assert client.get(f"/v1/jobs/{st['id']}").json()["created_at"] == st["created_at"]
 
 
+def test_an_archive_refused_whole_is_counted_apart_from_the_files(client, monkeypatch):
+    """A refused archive has no member rows, so files_failed cannot show it: archives_failed does, and its
+    reason is among the errors."""
+    from shared.db import session_scope
+    from shared.schema import Archive, ArchiveState
+
+    _heartbeats(monkeypatch, [])
+    job_id = _job_rows()
+    before = client.get(f"/v1/jobs/{job_id}").json()
+    assert before["archives_failed"] == 0
+    with session_scope() as db:
+        db.add(Archive(job_id=job_id, name="bomb.zip", path="", state=ArchiveState.failed,
+                       error="archive refused: its members would expand past the limit"))
+        db.add(Archive(job_id=job_id, name="calls.zip", path="", state=ArchiveState.done, members=3))
+    st = client.get(f"/v1/jobs/{job_id}").json()
+    assert (st["files_failed"], st["archives_failed"]) == (1, 1)
+    assert {"name": "bomb.zip", "error": "archive refused: its members would expand past the limit"} in st["errors"]
+    assert client.get(f"/v1/jobs/{job_id}/results").json()["job"]["archives_failed"] == 1
+
+
 def test_status_says_random_weights_from_the_results_alone(client, monkeypatch):
     """A status read finds random-weight results with one EXISTS (no scan of every result of the job)."""
     from shared.db import session_scope

@@ -55,3 +55,14 @@ def test_a_refusal_is_not_retried(tmp_path, monkeypatch):
     with pytest.raises(typer.BadParameter):
         jobs.submit_paths("http://api", [wav], None, "klingon", None)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("failed, refused, code, line", [
+    (0, 0, jobs.ExitCode.OK, ""),
+    (1, 0, jobs.ExitCode.PARTLY_FAILED, "job j: 1 of 3 file(s) failed"),
+    (0, 1, jobs.ExitCode.PARTLY_FAILED, "job j: 1 archive(s) refused whole"),
+    (2, 1, jobs.ExitCode.PARTLY_FAILED, "job j: 2 of 3 file(s) failed, 1 archive(s) refused whole"),
+])
+def test_a_done_job_with_a_refused_archive_exits_as_partly_failed(failed, refused, code, line):
+    st = {"id": "j", "state": "done", "files_total": 3, "files_failed": failed, "archives_failed": refused}
+    assert jobs.outcome(st) == (code, line)

@@ -75,6 +75,7 @@ def test_retried_until_acknowledged_with_one_delivery_id_and_valid_signatures(db
     sent = json.loads(receiver.requests[-1][1])
     assert sent["event"] == "job.ended" and sent["delivery_id"] == row.id
     assert sent["job"]["id"] == job_id and sent["job"]["state"] == "done" and sent["job"]["files_done"] == 2
+    assert sent["job"]["archives_failed"] == 0
     assert sent["job"]["finished_at"].endswith("Z")
 
 
