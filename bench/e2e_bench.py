@@ -53,7 +53,8 @@ from bench.gpu_bench import ensure_models
 
 RATE = 8000
 ROLES = (("-Q ingest", "ingest"), ("ForkPoolWorker", "ingest"), ("-Q gpu", "gpu"), ("uvicorn", "api"),
-         ("api.main", "api"), ("-Q housekeeping", "housekeeping"), ("valkey", "broker"), ("redis-server", "broker"))
+         ("api.main", "api"), ("-Q housekeeping", "housekeeping"), ("valkey", "broker"), ("redis-server", "broker"),
+         ("compile_worker", "gpu compile workers"), ("api.cli up", "supervisor"))
 
 
 # --- calls -------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def role_of(proc: psutil.Process) -> str:
     for needle, role in ROLES:
         if needle in line:
             return role
-    return "supervisor"
+    return "other: " + line[:80]
 
 
 def sample_gpu(samples: Samples, stop: threading.Event, index: int) -> None:

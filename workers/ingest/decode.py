@@ -64,6 +64,21 @@ class AudioInfo:
     channels: int
     duration_s: float
     reader: str = "ffmpeg"
+    note: str | None = None  # kept with the file's results when it is usable but damaged (a truncated WAV)
+
+
+# libsndfile's log of a WAV whose data chunk is cut short: "data : 320000 (should be 159978)"
+_SHORT_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_BYTE_RATE = re.compile(r"^\s*Bytes/sec\s*:\s*(\d+)", re.MULTILINE)
+
+
+def truncation(extra_info: str, duration_s: float) -> str | None:
+    """The note for a file whose header declares more audio than it holds, from libsndfile's log."""
+    short, rate = _SHORT_DATA.search(extra_info), _BYTE_RATE.search(extra_info)
+    if not short or int(short[2]) >= int(short[1]):
+        return None
+    declared = f"{int(short[1]) / int(rate[1]):.1f} s" if rate and int(rate[1]) else f"{int(short[1])} bytes"
+    return f"truncated file: its header declares {declared} of audio, it holds {duration_s:.1f} s; that part was processed"
 
 
 def probe(path: Path) -> AudioInfo:
@@ -73,9 +88,10 @@ def probe(path: Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
         if info.channels > 0 and info.samplerate > 0:
+            seconds = float(info.frames) / info.samplerate
             return AudioInfo(format=info.format.lower(), codec=CODECS.get(info.subtype, info.subtype.lower()),
-                             sample_rate=int(info.samplerate), channels=int(info.channels),
-                             duration_s=float(info.frames) / info.samplerate, reader="soundfile")
+                             sample_rate=int(info.samplerate), channels=int(info.channels), duration_s=seconds,
+                             reader="soundfile", note=truncation(info.extra_info or "", seconds))
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
         pass  # not for libsndfile: ask ffmpeg
     try:

@@ -227,9 +227,13 @@ def _store(d: Decoded, spans_per_channel: list[list[tuple[int, int]]], settings)
             db.add_all(Segment(job_id=f.job_id, file_id=f.id, channel_id=channel.id, start_ms=s, end_ms=e,
                                loudness_lufs=lufs, rms_dbfs=dbfs)
                        for (s, e), (lufs, dbfs) in zip(spans, levels))
-        fr.state, fr.error = FileState.segmented, None  # an error of an earlier attempt no longer holds
+        # an error of an earlier attempt no longer holds; a damaged but usable file keeps its note
+        fr.state, fr.error = FileState.segmented, info.note
         if not total:
-            fr.state, fr.error = FileState.done, "no speech detected in any channel"
+            fr.state, fr.error = FileState.done, "; ".join(filter(None, ("no speech detected in any channel",
+                                                                          info.note)))
         progress.settle(db, [f.job_id])
     log.info("ingested %s: %d channel(s), %.1f s, %d segments", f.name, len(rows), samples / SAMPLE_RATE, total)
+    if info.note:
+        log.warning("file %s (%s): %s", f.id, f.name, info.note)
     return total

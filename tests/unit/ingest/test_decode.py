@@ -79,6 +79,22 @@ def test_truncated_header(tmp_path):
         decode(tmp_path / "t.wav", probe(tmp_path / "t.wav"))
 
 
+@pytest.mark.parametrize("codec", ["pcm_s16le", "pcm_mulaw"])
+def test_a_wav_cut_short_is_read_with_a_note(tmp_path, codec):
+    """A WAV whose data stops before its header says (an upload or copy that broke off) is read as far as
+    it goes, and the file keeps a note saying how much is missing; an intact file has no note."""
+    path = samples.write(tmp_path / "ok.wav", _tone(10.0, 8000, 2), 8000, codec=codec)
+    assert probe(path).note is None
+    data = path.read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data[: len(data) // 2])
+    info = probe(cut)
+    assert 4.5 < info.duration_s < 5.5
+    assert info.note == (f"truncated file: its header declares 10.0 s of audio, it holds {info.duration_s:.1f} s; "
+                         "that part was processed")
+    assert decode(cut, info).shape[1] == pytest.approx(info.duration_s * 16000, abs=2)
+
+
 def test_video_without_audio(tmp_path):
     out = tmp_path / "v.mp4"
     subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=5",

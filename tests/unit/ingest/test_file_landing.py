@@ -121,3 +121,29 @@ def test_a_group_that_stores_nothing_still_offers_its_job_to_the_batcher(db_scop
     with db_scope() as db:
         assert db.get(File, copy_id).duplicate_of == first_id
         assert db.get(File, bad_id).state == FileState.failed
+
+
+def test_a_truncated_call_lands_with_its_segments_and_a_note(db_scope, tmp_path):
+    """The part of a cut-short WAV that is there is segmented as usual; the file keeps a note (shown among the
+    job's errors) instead of passing as whole."""
+    from workers.ingest import files
+
+    whole, cut = tmp_path / "whole.wav", tmp_path / "cut.wav"
+    sf.write(whole, np.stack([_bursts(40.0, 4), _bursts(40.0, 5)], axis=1), RATE, subtype="PCM_16")
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with db_scope() as db:
+        job = Job(state=JobState.queued, files_total=1)
+        db.add(job)
+        db.flush()
+        f = File(job_id=job.id, name="cut.wav", path=str(cut), size_bytes=cut.stat().st_size)
+        db.add(f)
+        db.flush()
+        file_id = f.id
+    with mock.patch.object(files.batching, "batch_pending"), mock.patch.object(files.ingest_files, "send_event"):
+        files.ingest_files([file_id])
+    with db_scope() as db:
+        f = db.get(File, file_id)
+        assert f.state == FileState.segmented and 19.9 < f.duration_s < 20.1
+        assert f.error == "truncated file: its header declares 40.0 s of audio, it holds 20.0 s; that part was processed"
+        assert db.query(Segment).filter(Segment.file_id == file_id).count() > 0
