@@ -120,6 +120,7 @@ class Samples:
     process_used: list[int] = field(default_factory=list)
     cpu: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid -> (role, cpu seconds so far)
     rss_peak: dict[str, int] = field(default_factory=dict)  # role -> the largest sum of its processes' RSS
+    rss_peak_one: dict[str, int] = field(default_factory=dict)  # role -> the largest RSS of one of its processes
     polls_ms: list[float] = field(default_factory=list)
     first_batch_s: float | None = None
     first_result_s: float | None = None
@@ -164,7 +165,9 @@ def sample_cpu(samples: Samples, stop: threading.Event, root: psutil.Process) ->
                 t = proc.cpu_times()
                 role = samples.cpu.get(proc.pid, (None, 0))[0] or role_of(proc)
                 samples.cpu[proc.pid] = (role, t.user + t.system)
-                rss[role] = rss.get(role, 0) + proc.memory_info().rss
+                one = proc.memory_info().rss
+                rss[role] = rss.get(role, 0) + one
+                samples.rss_peak_one[role] = max(samples.rss_peak_one.get(role, 0), one)
             except psutil.Error:
                 pass
         for role, used in rss.items():
@@ -434,6 +437,7 @@ def main() -> None:
         "gpu_memory_budget_gb": args.gpu_memory_gb, "cpu_seconds_by_role": by_role,
         "vad_device": os.environ.get("SPEECHQ_VAD_DEVICE", "cpu"),
         "rss_peak_gib_by_role": {k: round(v / 2**30, 3) for k, v in samples.rss_peak.items()},
+        "rss_peak_gib_one_process_by_role": {k: round(v / 2**30, 3) for k, v in samples.rss_peak_one.items()},
         "cpu_cores_busy_by_role": {k: v / wall for k, v in by_role.items()},
         "status_poll_ms_p50": float(np.percentile(polls, 50)), "status_poll_ms_p99": float(np.percentile(polls, 99)),
         "polls": len(samples.polls_ms), **n, "cores": os.cpu_count(), "commit": commit(),
@@ -472,9 +476,11 @@ def main() -> None:
     if args.out:
         save(records, args.out)
         args.out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        for name in ("up.log",):
-            if (work / name).exists():
-                (args.out.parent / f"{args.out.stem}.{name}").write_text((work / name).read_text()[-200_000:])
+        # the supervisor's log and the GPU worker's (per-batch claim/read/launch/device/write times)
+        for log_path in (work / "up.log", *sorted((work / "data" / "logs").glob("gpu*.log"))):
+            if log_path.exists():
+                (args.out.parent / f"{args.out.stem}.{log_path.name}").write_text(
+                    log_path.read_text(errors="replace")[-400_000:])
     if job["state"] != "done" or n["results"] != n["segments"]:
         raise SystemExit(f"incomplete: job {job['state']}, {n['results']} of {n['segments']} segments stored")
 
