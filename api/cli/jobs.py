@@ -46,7 +46,8 @@ def outcome(st: dict) -> tuple[ExitCode, str]:
     """The exit code for a job's status, and the line that explains it."""
     job = f"job {st['id']}"
     if st["state"] == "failed":
-        return ExitCode.FAILED, f"{job} failed: " + (st.get("error") or "see the files' errors")
+        return ExitCode.FAILED, (f"{job} failed: " + (st.get("error") or "see the files' errors")
+                                 + f" (speechq status {st['id']})")
     if st["state"] == "cancelled":
         return ExitCode.CANCELLED, f"{job} was cancelled"
     refused = st.get("archives_failed", 0)
@@ -205,6 +206,10 @@ def show_results(url: str, job_id: str, status: dict | None = None, limit: int |
     for m in res["models"]:
         console.print(f"  model {escape(m['name'])} sha256 {m['sha256'][:12]}…"
                       + ("  [red](RANDOM weights)[/]" if m["random_weights"] else ""))
+    listed = {f["name"] for f in res["files"]}
+    for e in st.get("errors", []):  # archives refused whole: no file of theirs is listed below
+        if e["name"] not in listed:
+            console.print(f"[bold]{escape(e['name'])}[/] [red]refused[/]: {escape(e['error'])}")
     for f in res["files"]:
         console.print(_file_line(f))
         turns = conversation(f)

@@ -31,7 +31,8 @@ def up(gpus: Annotated[Optional[str], typer.Option(help="CUDA device ids, e.g. 0
     _preflight(settings, flower)
     stack = Stack(settings, gpus=gpus, flower=flower)
     _run(stack, lambda: console.print(
-        f"[green]speechq is up[/]: API {stack.api_url}/docs"
+        f"[green]speechq is up[/] (the workers load their models now; each logs a 'ready' line below, and "
+        f"jobs sent before that wait for them): API {stack.api_url}/docs"
         + (f", Flower http://127.0.0.1:{settings.flower_port} ({_flower_login(settings)})" if flower else "")
         + f"; logs in {stack.log_dir}  (Ctrl-C stops)", highlight=False))
 

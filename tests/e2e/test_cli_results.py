@@ -54,8 +54,8 @@ def test_failed_and_partly_failed_jobs_exit_non_zero(api, tmp_path):
     out = speechq("submit", str(garbage), "--wait", "--api", api.url)
     assert out.returncode == ExitCode.FAILED == 4, out.stdout + out.stderr
     line = _one_line(out.stderr)
-    assert line.startswith("speechq: job ") and line.endswith(" failed: every file failed; see the files' errors")
     job_id = line.split()[2]
+    assert line == f"speechq: job {job_id} failed: every file failed; see the files' errors (speechq status {job_id})"
     assert speechq("status", job_id, "--api", api.url).returncode == ExitCode.FAILED
     assert speechq("results", job_id, "--api", api.url).returncode == ExitCode.FAILED
 

@@ -66,3 +66,24 @@ def test_a_refusal_is_not_retried(tmp_path, monkeypatch):
 def test_a_done_job_with_a_refused_archive_exits_as_partly_failed(failed, refused, code, line):
     st = {"id": "j", "state": "done", "files_total": 3, "files_failed": failed, "archives_failed": refused}
     assert jobs.outcome(st) == (code, line)
+
+
+def test_results_name_each_archive_refused_whole_with_its_reason(monkeypatch):
+    """An archive refused whole has no file row: the summary names it and says why, before the files."""
+    st = {"id": "j", "state": "done", "files_total": 1, "files_done": 1, "files_failed": 0, "files_skipped": 0,
+          "audio_total_s": 20.0, "archives_failed": 1,
+          "errors": [{"name": "bad.zip", "error": "not a readable zip or tar archive: invalid header"},
+                     {"name": "good.wav", "error": "truncated file: its header declares 40.0 s of audio, it holds "
+                                                   "20.0 s; that part was processed"}]}
+    good = {"name": "good.wav", "state": "done", "error": st["errors"][1]["error"], "duplicate_of": None,
+            "format": "wav/pcm_s16le", "sample_rate": 8000, "num_channels": 2, "duration_s": 20.0, "channels": []}
+    monkeypatch.setattr(jobs, "get_json", lambda *a, **k: {"job": st, "models": [], "files": [good]})
+    monkeypatch.setattr(jobs, "conversation", lambda f: [])
+    monkeypatch.setattr(jobs.console, "width", 200)
+    with jobs.console.capture() as out:
+        jobs.show_results("http://api", "j", st)
+    lines = [line for line in out.get().splitlines() if line.strip()]
+    assert lines[0].endswith("20.0 s of audio, 1 archive(s) refused whole")
+    assert lines[1] == "bad.zip refused: not a readable zip or tar archive: invalid header"
+    assert lines[2].startswith("good.wav done: truncated file:")
+    assert not any(line.startswith("good.wav refused") for line in lines)
