@@ -68,7 +68,8 @@ def payload(job: Job, delivery_id: str, archives_failed: int = 0) -> dict:
     return {"event": EVENT, "delivery_id": delivery_id, "job": {
         "id": job.id, "name": job.name, "state": job.state.value, "error": job.error,
         "files_total": job.files_total, "files_done": job.files_done, "files_failed": job.files_failed,
-        "files_skipped": job.files_skipped or 0, "archives_failed": archives_failed, "audio_total_s": round(job.audio_seconds_total or 0.0, 3),
+        "files_skipped": job.files_skipped or 0, "archives_failed": archives_failed,
+        "audio_total_s": round(job.audio_seconds_total or 0.0, 3),
         "audio_done_s": round(job.audio_seconds_done or 0.0, 3), "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at)}}
 

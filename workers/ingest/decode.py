@@ -78,7 +78,8 @@ def truncation(extra_info: str, duration_s: float) -> str | None:
     if not short or int(short[2]) >= int(short[1]):
         return None
     declared = f"{int(short[1]) / int(rate[1]):.1f} s" if rate and int(rate[1]) else f"{int(short[1])} bytes"
-    return f"truncated file: its header declares {declared} of audio, it holds {duration_s:.1f} s; that part was processed"
+    return (f"truncated file: its header declares {declared} of audio, it holds {duration_s:.1f} s; "
+            "that part was processed")
 
 
 def probe(path: Path) -> AudioInfo:

@@ -145,5 +145,6 @@ def test_a_truncated_call_lands_with_its_segments_and_a_note(db_scope, tmp_path)
     with db_scope() as db:
         f = db.get(File, file_id)
         assert f.state == FileState.segmented and 19.9 < f.duration_s < 20.1
-        assert f.error == "truncated file: its header declares 40.0 s of audio, it holds 20.0 s; that part was processed"
+        assert f.error == ("truncated file: its header declares 40.0 s of audio, it holds 20.0 s; "
+                           "that part was processed")
         assert db.query(Segment).filter(Segment.file_id == file_id).count() > 0
