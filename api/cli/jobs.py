@@ -127,10 +127,14 @@ def submit_paths(api: str, paths: list[Path], labels: str | None, language: str 
     return r.json()
 
 
+def files_line(st: dict) -> str:
+    """A job's files in words: "3 done, 1 failed, 2 skipped of 6" (skipped only where there are some)."""
+    skipped = f", {st['files_skipped']} skipped" if st.get("files_skipped") else ""
+    return f"{st['files_done']} done, {st['files_failed']} failed{skipped} of {st['files_total']}"
+
+
 def _info(st: dict) -> str:
-    skipped = f"+{st['files_skipped']} skipped" if st.get("files_skipped") else ""
-    text = (f"{st['state']}: files {st['files_done']}+{st['files_failed']} failed{skipped}/{st['files_total']}, "
-            f"audio {st['audio_done_s']:.0f}/{st['audio_total_s']:.0f} s")
+    text = f"{st['state']}: files {files_line(st)}, audio {st['audio_done_s']:.0f}/{st['audio_total_s']:.0f} s"
     if st.get("archives_failed"):
         text += f", {st['archives_failed']} archive(s) refused"
     return text + (f" ({st['warning']})" if st.get("warning") else "")

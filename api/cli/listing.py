@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from api.cli.app import ApiOpt, api_url, app, auth_headers, console
-from api.cli.jobs import ExitCode, fail, unauthorized
+from api.cli.jobs import ExitCode, fail, files_line, unauthorized
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 
@@ -60,7 +60,7 @@ def list_jobs(state: Annotated[Optional[list[str]], typer.Option("--state", "-s"
             if as_json:
                 sys.stdout.write(json.dumps(j, ensure_ascii=False) + "\n")
             else:
-                files = f"{j['files_done']}+{j['files_failed']} failed/{j['files_total']}"
+                files = files_line(j)
                 table.add_row(j["id"], escape(j["name"] or "-"), j["state"], files, f"{j['audio_done_s']:.0f}",
                               j["created_at"].replace("T", " ")[:19])
         shown += len(jobs)

@@ -24,7 +24,7 @@ def test_submit_wait_shows_progress_and_summary(api, tmp_path):
     out = subprocess.run([*SPEECHQ, "submit", str(call), "--wait", "--api", api.url],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
-    assert "done: files 1+0 failed/1" in out.stdout
+    assert "done: files 1 done, 0 failed of 1, audio" in out.stdout
     assert "RANDOM WEIGHTS" in out.stdout and "cli-call.wav done" in out.stdout
     assert "agent" in out.stdout and "customer" in out.stdout
 

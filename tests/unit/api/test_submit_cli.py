@@ -87,3 +87,9 @@ def test_results_name_each_archive_refused_whole_with_its_reason(monkeypatch):
     assert lines[1] == "bad.zip refused: not a readable zip or tar archive: invalid header"
     assert lines[2].startswith("good.wav done: truncated file:")
     assert not any(line.startswith("good.wav refused") for line in lines)
+
+
+def test_the_files_line_is_words():
+    st = {"files_done": 3, "files_failed": 1, "files_skipped": 0, "files_total": 4}
+    assert jobs.files_line(st) == "3 done, 1 failed of 4"
+    assert jobs.files_line({**st, "files_skipped": 2, "files_total": 6}) == "3 done, 1 failed, 2 skipped of 6"
