@@ -8,7 +8,14 @@ exclusive of the stages nested in it): claim, probe, decode + resample, spool wr
 (segment audio to the spool, batch rows). A warm-up task on a short call comes first, so that
 model loading and first-use costs are not counted.
 
+`--parallel N` runs N such processes at once, each on its own copy of the call (own database and Valkey),
+and starts their timed tasks together after every warm-up has ended: the stages as they cost when N
+ingest processes share the host's cores, caches and memory bus, as in `speechq up`'s ingest worker.
+`--group K` gives each task K calls (as SPEECHQ_INGEST_GROUP_FILES does): the VAD runs on all their channels
+together.
+
     python -m bench.ingest_stages --minutes 10 --repeat 3
+    python -m bench.ingest_stages --minutes 10 --parallel 15 --group 4   # as the stack's 15 ingest processes
     python -m bench.ingest_stages --minutes 10 --source call.flac   # where espeak-ng is missing
 """
 
@@ -112,7 +119,7 @@ def instrument(stages: Stages) -> None:
     stages.patch(sqlalchemy.orm.Session, "commit", "commits (database)")
 
 
-def child(path: str, warm_path: str) -> None:
+def child(warm_path: str, paths: list[str]) -> None:
     work = Path(tempfile.mkdtemp(prefix="speechq-stages-"))
     import socket
 
@@ -149,16 +156,19 @@ def child(path: str, warm_path: str) -> None:
         files.ingest_files.run([submit(warm_path)])  # first use of everything, not counted
         stages = Stages()
         instrument(stages)
-        file_id = submit(path)
+        file_ids = [submit(path) for path in paths]  # each its own job: no copy is skipped as a duplicate
+        print("ready", flush=True)
+        sys.stdin.readline()  # the parent starts every concurrent child's timed task at once
         t0, c0 = time.perf_counter(), time.process_time()
-        files.ingest_files.run([file_id])
+        files.ingest_files.run(file_ids)  # one task on the whole group, as a worker runs it
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         with session_scope() as db:
-            f = db.get(File, file_id)
-            segments = db.scalar(select(func.count(Segment.id)).where(Segment.file_id == file_id))
+            group = [db.get(File, i) for i in file_ids]
+            segments = db.scalar(select(func.count(Segment.id)).where(Segment.file_id.in_(file_ids)))
             batches = db.scalar(select(func.count(Batch.id)))
-            out = {"audio_s": f.duration_s * f.num_channels, "call_s": f.duration_s, "wall_s": wall, "cpu_s": cpu,
-                   "segments": segments, "batches": batches, "state": f.state.value,
+            out = {"audio_s": sum(f.duration_s * f.num_channels for f in group),
+                   "call_s": sum(f.duration_s for f in group), "wall_s": wall, "cpu_s": cpu,
+                   "segments": segments, "batches": batches, "state": ",".join(sorted({f.state.value for f in group})),
                    "stages": {k: [stages.wall[k], stages.cpu[k]] for k in stages.wall}}
         print(json.dumps(out))
     finally:
@@ -168,29 +178,68 @@ def child(path: str, warm_path: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--repeat", type=int, default=3, help="fresh processes, one after another; the median is shown")
+    p.add_argument("--parallel", type=int, default=1, help="processes at once in each repeat, each on its own copy "
+                                                          "of the call, timed tasks started together")
+    p.add_argument("--group", type=int, default=1, help="calls per task (as SPEECHQ_INGEST_GROUP_FILES): the VAD "
+                                                       "runs on all their channels together")
     p.add_argument("--source", type=Path, default=None, help="tile this recording instead of synthesising calls")
     p.add_argument("--out", type=Path, default=None, help="write every run's stages here (JSON)")
     args = p.parse_args()
     if args.child:
-        child(*args.child)
+        child(args.child[0], args.child[1:])
         return
     work = Path(tempfile.mkdtemp(prefix="speechq-stages-calls-"))
     call = make_call(work / "call.wav", args.minutes * 60, args.source)
     warm = make_call(work / "warm.wav", 20, args.source)
+    copies = [call] + [work / f"call-{i}.wav" for i in range(1, args.parallel)]
+    for c in copies[1:]:
+        shutil.copyfile(call, c)  # the same audio, distinct files: each child's task reads its own
     runs = []
     for _ in range(args.repeat):
-        proc = subprocess.run([sys.executable, "-m", "bench.ingest_stages", "--child", str(call), str(warm)],
-                              capture_output=True, text=True, env=ONE_THREAD)
-        if proc.returncode:
-            raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-3000:]}")
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        runs.extend(together([[c] * args.group for c in copies], warm))
     shutil.rmtree(work, ignore_errors=True)
-    report(runs, args.minutes)
+    report(runs, args.minutes, args.parallel, args.group)
     if args.out:
-        args.out.write_text(json.dumps({"cpu": platform_cpu(), "runs": runs}, indent=1))
+        args.out.write_text(json.dumps({"cpu": platform_cpu(), "parallel": args.parallel, "group": args.group,
+                                        "runs": runs}, indent=1))
+
+
+def together(groups: list[list[Path]], warm: Path) -> list[dict]:
+    """One child per group of calls, warmed up apart, then their timed tasks started at the same moment."""
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in groups]  # stderr: a pipe nobody reads could fill and block
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.ingest_stages", "--child", str(warm), *map(str, g)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=ONE_THREAD)
+             for g, log in zip(groups, logs)]
+
+    def failed(k: int, when: str) -> RuntimeError:
+        logs[k].seek(0)
+        return RuntimeError(f"benchmark child failed {when}:\n{logs[k].read()[-3000:]}")
+
+    try:
+        for k, proc in enumerate(procs):
+            while (line := proc.stdout.readline()) and line.strip() != "ready":
+                pass  # funasr may print to stdout while it loads
+            if not line:
+                raise failed(k, "before its task")
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        runs = []
+        for k, proc in enumerate(procs):
+            out, _ = proc.communicate()
+            if proc.returncode:
+                raise failed(k, "in its task")
+            runs.append(json.loads(out.strip().splitlines()[-1]))
+        return runs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for log in logs:
+            log.close()
 
 
 def median(values: list[float]) -> float:
@@ -198,13 +247,16 @@ def median(values: list[float]) -> float:
     return values[len(values) // 2]
 
 
-def report(runs: list[dict], minutes: float) -> None:
+def report(runs: list[dict], minutes: float, parallel: int = 1, group: int = 1) -> None:
     names = sorted({k for r in runs for k in r["stages"]}, key=lambda k: -median([r["stages"].get(k, [0, 0])[1]
                                                                                     for r in runs]))
     cpu_total = median([r["cpu_s"] for r in runs])
     call_s = runs[0]["call_s"]
-    print(f"{minutes:g} min stereo 8 kHz G.711 call on {platform_cpu()}, 1 thread, median of {len(runs)} "
-          f"fresh processes; {runs[0]['segments']} segments, {runs[0]['batches']} batch(es), file {runs[0]['state']}")
+    at_once = f", {parallel} at once" if parallel > 1 else ""
+    calls = f"{group} x " if group > 1 else ""
+    print(f"{calls}{minutes:g} min stereo 8 kHz G.711 call on {platform_cpu()}, 1 thread, median of {len(runs)} "
+          f"fresh processes{at_once}; {runs[0]['segments']} segments, {runs[0]['batches']} batch(es), "
+          f"file {runs[0]['state']}")
     print("| stage | wall s | CPU s | share of CPU |")
     print("|---|---:|---:|---:|")
     for k in names:
