@@ -4,6 +4,10 @@ The same arithmetic as torchaudio's `compliance.kaldi.fbank` with funasr's setti
 hamming window, snip_edges, DC removal, pre-emphasis 0.97, power spectrum, log floor at float32
 eps), without its per-call set-up, so that both the CPU VAD and the GPU frontend can run it on
 whole batches of frames.
+
+On the CPU a long signal goes through in runs of `rows` frames: each run's frames, spectrum and power
+(about 2 MB for 1,024 frames) stay in the core's cache instead of streaming a 60 s block's 25 MB through
+memory; every frame is computed as before, so the result is the same to the bit.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from torchaudio.compliance import kaldi
 
 class LogMel(torch.nn.Module):
     def __init__(self, n_mels: int = 80, sample_rate: int = 16000, frame_ms: float = 25.0, shift_ms: float = 10.0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", rows: int = 1024):
         super().__init__()
+        if rows < 16:
+            raise ValueError("rows: at least 16 frames per run")
+        self.rows = rows
         self.win = int(sample_rate * frame_ms / 1000)
         self.shift = int(sample_rate * shift_ms / 1000)
         self.n_fft = 1 << (self.win - 1).bit_length()
@@ -39,12 +46,27 @@ class LogMel(torch.nn.Module):
         """
         n = self.count(x.shape[-1])
         starts = torch.arange(n, device=x.device) * self.shift
-        emph = x[..., 1:] - 0.97 * x[..., :-1]
-        frames = x.new_zeros(*x.shape[:-1], n, self.n_fft)
-        frames[..., 1:self.win] = emph.unfold(-1, self.win - 1, self.shift)[..., :n, :]
-        frames[..., 0] = 0.03 * x[..., starts]
         total = torch.nn.functional.pad(x.double().cumsum(-1), (1, 0))
         mean = ((total[..., starts + self.win] - total[..., starts]) / self.win).float()
+        emph = x[..., 1:] - 0.97 * x[..., :-1]
+        if n == 0:
+            return x.new_zeros(*x.shape[:-1], 0, self.mel.shape[1])
+        if x.device.type != "cpu" or n < 2 * self.rows:
+            return self._frames(x, emph, mean, 0, n)
+        # runs of `rows` frames, the last one up to 2 x rows - 1: MKL multiplies a product of very few rows with
+        # other kernels, whose last bits differ
+        edges = list(range(0, n - self.rows + 1, self.rows)) + [n]
+        out = x.new_empty(*x.shape[:-1], n, self.mel.shape[1])
+        for a, b in zip(edges[:-1], edges[1:]):
+            out[..., a:b, :] = self._frames(x, emph, mean[..., a:b], a, b)
+        return out
+
+    def _frames(self, x: torch.Tensor, emph: torch.Tensor, mean: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """Log-mel of frames a..b-1, given the signal, its pre-emphasis and those frames' means."""
+        m = b - a
+        frames = x.new_zeros(*x.shape[:-1], m, self.n_fft)
+        frames[..., 1:self.win] = emph[..., a * self.shift:].unfold(-1, self.win - 1, self.shift)[..., :m, :]
+        frames[..., 0] = 0.03 * x[..., a * self.shift:(b - 1) * self.shift + 1:self.shift]
         body = frames[..., : self.win]
         body -= 0.03 * mean[..., None]
         body *= self.window

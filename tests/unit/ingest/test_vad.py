@@ -226,3 +226,30 @@ def test_split_long():
     assert split_long([(5, 100)], 400) == [(5, 100)]
     pieces = split_long([(6480, 23670)], 5000)
     assert all(e - s <= 5000 for s, e in pieces) and pieces[0][0] == 6480 and pieces[-1][1] == 23670
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cpu_forward_in_spans_gives_the_whole_blocks_bits(automodel, dtype, monkeypatch):
+    """The CPU forward runs a block in spans of frames (all layers per span, memories carried): posteriors and
+    the memories left behind equal one pass over the whole block, bit for bit, with ragged rows (a row that
+    ends inside a span, one that ends on a span's edge, one with no new frames) and a last span that takes the
+    remainder."""
+    from workers.ingest.vad import scorer as module
+
+    encoder = automodel.model.encoder
+    weights = module._Weights(encoder, dtype)
+    pad = encoder.fsmn[0].fsmn_block.lorder - 1
+    g = torch.Generator().manual_seed(5)
+    lengths = [1000, 999, 700, 37, 0, 512, 256]
+    x = (torch.randn(len(lengths), 1000, 400, generator=g) * 2).to(dtype)
+
+    def run(rows):
+        monkeypatch.setattr(module, "TILE_ROWS", rows)
+        memories = [weights.zero_memory(pad) for _ in lengths]
+        return weights.forward(x, memories, lengths), memories
+
+    whole, kept = run(10**9)
+    spans, left = run(len(lengths) * 64)  # 64-frame spans; the last one 64 + 40 frames
+    for row, n in enumerate(lengths):
+        assert torch.equal(spans[row, :n], whole[row, :n])
+        assert all(torch.equal(a, b) for a, b in zip(left[row], kept[row]))
