@@ -201,6 +201,22 @@ def test_recheck_computes_each_layer_only_where_flagged_frames_need_it(seed):
     assert torch.equal(scorer.exact.at([(tail, late - (250 - scorer.reach))])[0], whole[0][late])
 
 
+@pytest.mark.parametrize("rows", [1, 150, 10**9])
+def test_recheck_in_groups_of_sequences_gives_the_same_bits(rows, monkeypatch):
+    """The recheck runs a few sequences at a time (as many as fit about TILE_ROWS first-layer frames; one
+    alone where it is wider): the posteriors equal those of all sequences in one packed pass."""
+    from workers.ingest.vad import scorer as module
+
+    exact = Detector(DIRECTORY, "fp32").scorer.exact
+    g = torch.Generator().manual_seed(11)
+    seqs = [torch.randn(n, 400, generator=g) * 2 for n in (300, 90, 40, 12, 200)]
+    flagged = [torch.tensor(p) for p in ([3, 100, 101, 250], [0, 89], [20], [11], [150, 199])]
+    whole = exact._at(list(zip(seqs, flagged)))
+    monkeypatch.setattr(module, "TILE_ROWS", rows)
+    for value, ref in zip(exact.at(list(zip(seqs, flagged))), whole, strict=True):
+        assert torch.equal(value, ref)
+
+
 @pytest.mark.parametrize("seconds", [0.5, 7])
 def test_segments_do_not_depend_on_the_block_size(seconds):
     audio, _ = sf.read(shared_audio("vad_example.wav"), dtype="float32")

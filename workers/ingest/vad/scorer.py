@@ -214,6 +214,24 @@ class _Weights:
         return torch.softmax(logits, dim=-1)[..., 0]
 
     def at(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Silence posteriors at the frames `pos` of each (T, 400) input sequence `seq` (see `_at`), a few
+        sequences at a time: as many as keep about TILE_ROWS frames in the first layer, so that the
+        activations stay in the core's cache (at least one sequence)."""
+        pad = self.layers[0][1].shape[-1] - 1
+        depth = len(self.layers)
+        need = [int(_within(seq.shape[0], pos, depth * pad).sum()) for seq, pos in rows]
+        out: list[torch.Tensor] = []
+        start = 0
+        while start < len(rows):
+            end, widest = start + 1, need[start]
+            while end < len(rows) and (end + 1 - start) * max(widest, need[end]) <= TILE_ROWS:
+                widest = max(widest, need[end])
+                end += 1
+            out.extend(self._at(rows[start:end]))
+            start = end
+        return out
+
+    def _at(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Silence posteriors at the frames `pos` of each (T, 400) input sequence `seq`, each layer
         computed only where those frames still depend on it. A layer's memory looks back
         `lorder - 1` of its inputs and never ahead, so the output at a frame needs layer k's input
