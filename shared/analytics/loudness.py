@@ -38,19 +38,21 @@ def rms_dbfs(audio: np.ndarray) -> float | None:
 def lufs(audio: np.ndarray, rate: int = SAMPLE_RATE) -> float | None:
     """pyloudnorm's integrated loudness of mono audio, about twice as fast (this runs on every segment, in the
     ingest worker): its K-weighting with coefficients made once, then the BS.1770-4 gating over 400 ms blocks
-    every 100 ms from one cumulative sum instead of a Python loop per block. Equal to
-    `pyloudnorm.Meter(rate).integrated_loudness` to 0.01 LU (tests/unit/analytics/test_audio.py)."""
+    every 100 ms, each block's energy the sum of its four 100 ms hops' sums (one pass over the samples) instead
+    of a Python loop per block. Equal to `pyloudnorm.Meter(rate).integrated_loudness` to 0.01 LU
+    (tests/unit/analytics/test_audio.py)."""
     if audio.size < int(BLOCK_S * rate):
         return None
     sos, gain = _k_weighting(rate)
-    x = gain * scipy.signal.sosfilt(sos, np.asarray(audio, dtype=np.float64))
+    x = scipy.signal.sosfilt(sos, np.asarray(audio, dtype=np.float64))  # the gain applies to the energies
     step = 0.25  # 75 % overlap
     blocks = int(np.round((x.size / rate - BLOCK_S) / (BLOCK_S * step))) + 1
-    j = np.arange(blocks)
-    lo = np.minimum((BLOCK_S * (j * step) * rate).astype(np.int64), x.size)
-    hi = np.minimum((BLOCK_S * (j * step + 1) * rate).astype(np.int64), x.size)
-    energy = np.concatenate(([0.0], np.cumsum(x * x)))
-    z = (energy[hi] - energy[lo]) / (BLOCK_S * rate)
+    hops = round(1 / step)  # a block is this many hops long
+    edges = (BLOCK_S * step * rate * np.arange(blocks + hops)).astype(np.int64)  # block j: edges[j] to [j + hops]
+    power = np.square(x)
+    power = np.pad(power, (0, max(0, edges[-1] - power.size)))[:edges[-1]]  # past the end counts as silence
+    per_hop = np.add.reduceat(power, edges[:-1])
+    z = np.convolve(per_hop, np.ones(hops), mode="valid") * (gain * gain / (BLOCK_S * rate))
     with np.errstate(divide="ignore"):
         level = -0.691 + 10.0 * np.log10(z)
     above = z[level >= ABSOLUTE_GATE]
