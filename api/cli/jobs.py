@@ -140,21 +140,43 @@ def _info(st: dict) -> str:
     return text + (f" ({st['warning']})" if st.get("warning") else "")
 
 
+ENDED = ("done", "failed", "cancelled")
+
+
 def wait_for(api: str, job_id: str, timeout: float | None = None) -> dict:
-    deadline = time.monotonic() + timeout if timeout else None
+    """Poll the job until it ends: a progress bar on a terminal; elsewhere (a log file, a pipe, cron's mail)
+    a whole line whenever the job's state or files change, and at least once a minute, never cut to a width."""
+    polls = _polls(api, job_id, timeout)
+    if not console.is_terminal:
+        last, shown = None, 0.0
+        for st in polls:
+            now, key = time.monotonic(), (st["state"], files_line(st), st.get("archives_failed"), st.get("warning"))
+            if key != last or now - shown >= 60 or st["state"] in ENDED:
+                console.print(f"job {job_id[:8]} {_info(st)}", soft_wrap=True, markup=False, highlight=False)
+                last, shown = key, now
+            if st["state"] in ENDED:
+                return st
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         task = bar.add_task(f"job {job_id[:8]}", total=None, info="")
-        while True:
-            st = get_json(api, job_id, timeout=30)
+        for st in polls:
             total = max(st["audio_total_s"], 0.001)
             bar.update(task, total=total if st["files_total"] else None, completed=st["audio_done_s"],
                        info=escape(_info(st)))
-            if st["state"] in ("done", "failed", "cancelled"):
+            if st["state"] in ENDED:
                 return st
-            if deadline and time.monotonic() > deadline:
-                raise fail(ExitCode.TIMEOUT, f"job {job_id} still {st['state']} after {timeout:.0f} s")
-            time.sleep(1)
+    raise AssertionError("the polls end with an ended job or an exception")
+
+
+def _polls(api: str, job_id: str, timeout: float | None):
+    """The job's status once a second until a poll finds it ended (the caller stops there) or `timeout` passes."""
+    deadline = time.monotonic() + timeout if timeout else None
+    while True:
+        st = get_json(api, job_id, timeout=30)
+        yield st
+        if deadline and time.monotonic() > deadline:
+            raise fail(ExitCode.TIMEOUT, f"job {job_id} still {st['state']} after {timeout:.0f} s")
+        time.sleep(1)
 
 
 def clock(seconds: float) -> str:

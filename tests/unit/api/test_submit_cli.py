@@ -93,3 +93,27 @@ def test_the_files_line_is_words():
     st = {"files_done": 3, "files_failed": 1, "files_skipped": 0, "files_total": 4}
     assert jobs.files_line(st) == "3 done, 1 failed of 4"
     assert jobs.files_line({**st, "files_skipped": 2, "files_total": 6}) == "3 done, 1 failed, 2 skipped of 6"
+
+
+def test_waiting_into_a_log_prints_whole_lines_when_something_changes(monkeypatch):
+    """Output that is not a terminal (a nightly job's log) gets a whole line per change of state or files, not
+    a progress bar cut at 80 columns."""
+    base = {"id": "0123456789abcdef", "files_total": 400, "files_done": 0, "files_failed": 0, "files_skipped": 0,
+            "audio_total_s": 1_440_000.0, "audio_done_s": 0.0, "archives_failed": 0,
+            "warning": "3 of 400 files are waiting for a GPU worker that has been unreachable for 2 minutes"}
+    seen = [{**base, "state": "queued"}, {**base, "state": "running"},
+            {**base, "state": "running", "audio_done_s": 5.0},
+            {**base, "state": "running", "files_done": 399, "files_failed": 1},
+            {**base, "state": "done", "files_done": 399, "files_failed": 1, "audio_done_s": 1_440_000.0}]
+    polls = iter(seen)
+    monkeypatch.setattr(jobs, "get_json", lambda *a, **k: next(polls))
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(jobs.console, "_force_terminal", False)
+    monkeypatch.setattr(jobs.console, "width", 80)
+    with jobs.console.capture() as out:
+        st = jobs.wait_for("http://api", base["id"])
+    assert st["state"] == "done"
+    lines = out.get().splitlines()
+    assert lines == [f"job 01234567 {jobs._info(s)}" for s in (seen[0], seen[1], seen[3], seen[4])]
+    assert len(lines[-1]) > 80 and lines[-1].endswith("(3 of 400 files are waiting for a GPU worker that has been "
+                                                      "unreachable for 2 minutes)")
