@@ -269,3 +269,14 @@ def test_the_cpu_forward_in_spans_gives_the_whole_blocks_bits(automodel, dtype, 
     for row, n in enumerate(lengths):
         assert torch.equal(spans[row, :n], whole[row, :n])
         assert all(torch.equal(a, b) for a, b in zip(left[row], kept[row]))
+
+
+def test_joined_runs_of_frames_index_as_one_sequence():
+    from workers.ingest.vad.scorer import Joined
+
+    past, block = torch.arange(12.0).reshape(3, 4), torch.arange(100.0, 120.0).reshape(5, 4)
+    joined = Joined(past, block)
+    mask = torch.tensor([True, False, True, False, False, True, True, False])
+    assert joined.shape == (8, 4)
+    assert torch.equal(joined[mask], torch.cat((past, block))[mask])
+    assert torch.equal(Joined(past[:0], block)[mask[3:]], block[mask[3:]])

@@ -137,15 +137,31 @@ class Scorer:
             idx = torch.nonzero(near[i, :f.shape[0]]).flatten()
             if idx.numel() == 0:
                 continue
-            # The whole block only where some frame is flagged. It starts at the stream's start or
-            # `reach` frames before the block, so every frame a flagged frame depends on is in it.
-            rows.append((torch.cat((past, f)), idx + past.shape[0]))
+            # The stream's kept past and this block, read as one sequence (not copied together: only the frames
+            # the recheck keeps are). It starts at the stream's start or `reach` frames before the block, so
+            # every frame a flagged frame depends on is in it.
+            rows.append((Joined(past, f), idx + past.shape[0]))
             picks.append((i, idx))
         if not rows:
             return
         for (i, idx), exact in zip(picks, self.exact.at(rows)):
             prob[i, idx] = exact
             self.rechecked += idx.numel()
+
+
+class Joined:
+    """Runs of (frames, features) read as one sequence without copying them together: indexing it with a
+    mask over all its frames copies only the frames picked."""
+
+    def __init__(self, *parts: torch.Tensor):
+        self.parts = parts
+        self.shape = (sum(p.shape[0] for p in parts), *parts[-1].shape[1:])
+
+    def __getitem__(self, mask: torch.Tensor) -> torch.Tensor:
+        edges = [0]
+        for part in self.parts:
+            edges.append(edges[-1] + part.shape[0])
+        return torch.cat([part[mask[a:b]] for part, a, b in zip(self.parts, edges, edges[1:])])
 
 
 # MKL multiplies a product of fewer than 12 rows (but 4 and 8) with other kernels, whose sums
@@ -213,10 +229,10 @@ class _Weights:
         logits = F.linear(x, *self.tail).float()
         return torch.softmax(logits, dim=-1)[..., 0]
 
-    def at(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-        """Silence posteriors at the frames `pos` of each (T, 400) input sequence `seq` (see `_at`), a few
-        sequences at a time: as many as keep about TILE_ROWS frames in the first layer, so that the
-        activations stay in the core's cache (at least one sequence)."""
+    def at(self, rows: list[tuple[torch.Tensor | Joined, torch.Tensor]]) -> list[torch.Tensor]:
+        """Silence posteriors at the frames `pos` of each (T, 400) input sequence `seq` (a tensor or `Joined`;
+        see `_at`), a few sequences at a time: as many as keep about TILE_ROWS frames in the first layer, so
+        that the activations stay in the core's cache (at least one sequence)."""
         pad = self.layers[0][1].shape[-1] - 1
         depth = len(self.layers)
         need = [int(_within(seq.shape[0], pos, depth * pad).sum()) for seq, pos in rows]
@@ -231,7 +247,7 @@ class _Weights:
             start = end
         return out
 
-    def _at(self, rows: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    def _at(self, rows: list[tuple[torch.Tensor | Joined, torch.Tensor]]) -> list[torch.Tensor]:
         """Silence posteriors at the frames `pos` of each (T, 400) input sequence `seq`, each layer
         computed only where those frames still depend on it. A layer's memory looks back
         `lorder - 1` of its inputs and never ahead, so the output at a frame needs layer k's input
