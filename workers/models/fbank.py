@@ -7,10 +7,13 @@ whole batches of frames.
 
 On the CPU a long signal goes through in runs of `rows` frames: each run's frames, spectrum and power
 (about 2 MB for 1,024 frames) stay in the core's cache instead of streaming a 60 s block's 25 MB through
-memory; every frame is computed as before, so the result is the same to the bit.
+memory. A run takes its pre-emphasis and its frames' means (float64 sums over hops of gcd(window, shift)
+samples) from its own samples, so every frame gets the same bits whatever run it falls in.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torchaudio.compliance import kaldi
@@ -25,6 +28,7 @@ class LogMel(torch.nn.Module):
         self.rows = rows
         self.win = int(sample_rate * frame_ms / 1000)
         self.shift = int(sample_rate * shift_ms / 1000)
+        self.hop = math.gcd(self.win, self.shift)
         self.n_fft = 1 << (self.win - 1).bit_length()
         mel, _ = kaldi.get_mel_banks(n_mels, self.n_fft, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
         self.register_buffer("mel", torch.nn.functional.pad(mel, (0, 1)).T.contiguous().to(device))
@@ -40,33 +44,35 @@ class LogMel(torch.nn.Module):
         """x (..., samples) already scaled as funasr scales it -> (..., frames, n_mels).
 
         Per frame f: y = f - mean(f); p[0] = y[0] - 0.97 y[0], p[j] = y[j] - 0.97 y[j-1];
-        power spectrum of window * p. Pre-emphasis is taken on the signal once, so every step
+        power spectrum of window * p. Pre-emphasis is taken on each run of the signal once, so every step
         below works on contiguous memory: p[j] = e[j] - 0.03 mean with e the pre-emphasised
         signal (e[0] = 0.03 f[0]).
         """
         n = self.count(x.shape[-1])
-        starts = torch.arange(n, device=x.device) * self.shift
-        total = torch.nn.functional.pad(x.double().cumsum(-1), (1, 0))
-        mean = ((total[..., starts + self.win] - total[..., starts]) / self.win).float()
-        emph = x[..., 1:] - 0.97 * x[..., :-1]
         if n == 0:
             return x.new_zeros(*x.shape[:-1], 0, self.mel.shape[1])
         if x.device.type != "cpu" or n < 2 * self.rows:
-            return self._frames(x, emph, mean, 0, n)
+            return self._frames(x, 0, n)
         # runs of `rows` frames, the last one up to 2 x rows - 1: MKL multiplies a product of very few rows with
         # other kernels, whose last bits differ
         edges = list(range(0, n - self.rows + 1, self.rows)) + [n]
         out = x.new_empty(*x.shape[:-1], n, self.mel.shape[1])
         for a, b in zip(edges[:-1], edges[1:]):
-            out[..., a:b, :] = self._frames(x, emph, mean[..., a:b], a, b)
+            out[..., a:b, :] = self._frames(x, a, b)
         return out
 
-    def _frames(self, x: torch.Tensor, emph: torch.Tensor, mean: torch.Tensor, a: int, b: int) -> torch.Tensor:
-        """Log-mel of frames a..b-1, given the signal, its pre-emphasis and those frames' means."""
+    def _frames(self, x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """Log-mel of frames a..b-1 of the signal x. Everything is taken from the run's own samples, so each
+        frame's value does not depend on the run it falls in."""
         m = b - a
+        run = x[..., a * self.shift:(b - 1) * self.shift + self.win]
+        # each frame's mean from sums over hops of gcd(window, shift) samples, in float64
+        hops = run.unflatten(-1, (-1, self.hop)).sum(-1, dtype=torch.float64)
+        mean = (hops.unfold(-1, self.win // self.hop, self.shift // self.hop).sum(-1) / self.win).float()
+        emph = run[..., 1:] - 0.97 * run[..., :-1]
         frames = x.new_zeros(*x.shape[:-1], m, self.n_fft)
-        frames[..., 1:self.win] = emph[..., a * self.shift:].unfold(-1, self.win - 1, self.shift)[..., :m, :]
-        frames[..., 0] = 0.03 * x[..., a * self.shift:(b - 1) * self.shift + 1:self.shift]
+        frames[..., 1:self.win] = emph.unfold(-1, self.win - 1, self.shift)
+        frames[..., 0] = 0.03 * run[..., :(m - 1) * self.shift + 1:self.shift]
         body = frames[..., : self.win]
         body -= 0.03 * mean[..., None]
         body *= self.window
