@@ -38,9 +38,14 @@ class Spool:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_batch(self, path: Path, audio: np.ndarray, **arrays: np.ndarray) -> None:
-        """Audio first, metadata last: a batch whose .npz exists is complete."""
-        _atomic(path.with_suffix(".f32"), lambda f: np.ascontiguousarray(audio, dtype="<f4").tofile(f))
+    def write_batch(self, path: Path, audio: np.ndarray | list[np.ndarray], **arrays: np.ndarray) -> None:
+        """Audio first, metadata last: a batch whose .npz exists is complete. `audio` may be the pieces to write
+        one after the other (each segment's samples: no copy of them all is made)."""
+        def write(f):
+            for piece in audio if isinstance(audio, list) else [audio]:
+                f.write(memoryview(np.ascontiguousarray(piece, dtype="<f4")).cast("B"))
+
+        _atomic(path.with_suffix(".f32"), write)
         _atomic(path, lambda f: np.savez(f, **arrays))
 
     def clean_job(self, job_id: str) -> None:

@@ -134,14 +134,14 @@ def _make_batch(segment_ids: list[str]) -> str | None:
         samples = channel_samples(path)
         for s in group:
             a, b = s.start_ms * SAMPLE_RATE // 1000, s.end_ms * SAMPLE_RATE // 1000
-            pieces.append(np.asarray(samples[a:b], dtype=np.float32))
+            pieces.append(samples[a:b])
             ordered.append(s)
     lengths = np.array([len(p) for p in pieces], dtype=np.int64)
     batch_id = new_id()
     path = spool.batch(batch_id)
     spool.write_batch(
         path,
-        audio=np.concatenate(pieces),
+        audio=pieces,
         offsets=np.concatenate(([0], np.cumsum(lengths))),
         segment_ids=np.array([s.id for s in ordered]),
         languages=np.array([s.language for s in ordered]),
