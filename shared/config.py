@@ -47,11 +47,8 @@ class Settings(BaseSettings):
     ingest_processes: int | None = Field(
         None, ge=1, description="Processes of the ingest worker that `speechq up` starts; default one per core but "
                                 "one (the rest of the stack and the GPU worker's host thread need one).")
-    ingest_group_files: int | None = Field(
-        None, ge=1, description="Files one ingest task takes at once: the VAD runs on all their channels together. "
-                                "Default: 1 with the VAD on the CPU (a call alone costs no more CPU per second of "
-                                "audio, and each call lands as soon as its own VAD ends), 4 with it on the GPU "
-                                "(fewer, larger GPU passes).")
+    ingest_group_files: int = Field(
+        4, ge=1, description="Files one ingest task takes at once: the VAD runs on all their channels together.")
     ingest_first_files: int = Field(
         4, ge=0, description="The first files of every job go one per ingest task, so that its first GPU batch "
                              "forms early; the job's later files go in groups of SPEECHQ_INGEST_GROUP_FILES.")
@@ -206,13 +203,6 @@ class Settings(BaseSettings):
     @property
     def emotion2vec_dir(self) -> Path:
         return self.emotion2vec_model_dir or self.models / "emotion2vec_plus_large"
-
-    @property
-    def group_files(self) -> int:
-        """Files per ingest task (SPEECHQ_INGEST_GROUP_FILES, or the default for where the VAD runs)."""
-        if self.ingest_group_files is not None:
-            return self.ingest_group_files
-        return 4 if self.vad_device == "cuda" else 1
 
     @property
     def broker(self) -> str:

@@ -93,7 +93,7 @@ def send_files(files: list[FileRef], start: int = 0) -> None:
     if not files:
         return
     files = sorted(files, key=lambda f: -f.size)  # stable: files of unknown size keep their order
-    size = get_settings().group_files
+    size = get_settings().ingest_group_files
     groups = -(-len(files) // size)
     position = start
     for i in range(groups):

@@ -30,22 +30,3 @@ def test_task_arguments_are_described_briefly():
     refs = [tasks.FileRef(f"f{i}", "j2" if i % 2 else "j1", f"queue/{'x' * 40}-{i}.wav") for i in range(50)]
     text = tasks.describe(refs)
     assert text.startswith("jobs j1, j2: queue/") and len(text) <= tasks.REPR_CHARS and text.endswith("…")
-
-
-@pytest.mark.parametrize(("env", "expected"), [({}, 1), ({"SPEECHQ_VAD_DEVICE": "cuda"}, 4),
-                                               ({"SPEECHQ_INGEST_GROUP_FILES": "3"}, 3),
-                                               ({"SPEECHQ_INGEST_GROUP_FILES": "2", "SPEECHQ_VAD_DEVICE": "cuda"}, 2)])
-def test_files_per_ingest_task_follow_where_the_vad_runs_unless_set(monkeypatch, env, expected):
-    """One call per task with the VAD on the CPU, groups of 4 with it on the GPU; the setting wins when given."""
-    for name in ("SPEECHQ_INGEST_GROUP_FILES", "SPEECHQ_VAD_DEVICE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        refs = [tasks.FileRef(f"f{i}", "job1", f"c{i}.wav", size=i) for i in range(12)]
-        with mock.patch.object(tasks.app, "send_task") as send:
-            tasks.send_files(refs)
-        assert [len(c.args[1][0]) for c in send.call_args_list] == [expected] * (12 // expected)
-    finally:
-        get_settings.cache_clear()
