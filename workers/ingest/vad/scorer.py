@@ -244,9 +244,8 @@ class _Weights:
         """Silence posteriors at the frames `pos` of each (T, 400) input sequence `seq` (a tensor or `Joined`;
         see `_at`), a few sequences at a time: as many as keep about TILE_ROWS frames in the first layer, so
         that the activations stay in the core's cache (at least one sequence)."""
-        pad = self.layers[0][1].shape[-1] - 1
-        depth = len(self.layers)
-        need = [int(_within(seq.shape[0], pos, depth * pad).sum()) for seq, pos in rows]
+        keep = self._keep(rows)
+        need = [int(k[0].sum()) for k in keep]
         out: list[torch.Tensor] = []
         start = 0
         while start < len(rows):
@@ -254,11 +253,18 @@ class _Weights:
             while end < len(rows) and (end + 1 - start) * max(widest, need[end]) <= TILE_ROWS:
                 widest = max(widest, need[end])
                 end += 1
-            out.extend(self._at(rows[start:end]))
+            out.extend(self._at(rows[start:end], keep[start:end]))
             start = end
         return out
 
-    def _at(self, rows: list[tuple[torch.Tensor | Joined, torch.Tensor]]) -> list[torch.Tensor]:
+    def _keep(self, rows: list[tuple[torch.Tensor | Joined, torch.Tensor]]) -> list[list[torch.Tensor]]:
+        """Per sequence and layer (and the tail), the mask of the frames that its picked frames depend on."""
+        pad = self.layers[0][1].shape[-1] - 1
+        depth = len(self.layers)
+        return [[_within(seq.shape[0], pos, (depth - level) * pad) for level in range(depth + 1)] for seq, pos in rows]
+
+    def _at(self, rows: list[tuple[torch.Tensor | Joined, torch.Tensor]],
+            keep: list[list[torch.Tensor]] | None = None) -> list[torch.Tensor]:
         """Silence posteriors at the frames `pos` of each (T, 400) input sequence `seq`, each layer
         computed only where those frames still depend on it. A layer's memory looks back
         `lorder - 1` of its inputs and never ahead, so the output at a frame needs layer k's input
@@ -267,10 +273,9 @@ class _Weights:
         A sequence must start at its stream's start (memory zero, as in funasr) or a whole reach
         before its first pos. Each layer's frames are packed back to back per row; a frame's
         lookback is a run of consecutive kept frames, so the packed memory convolution reads the
-        same inputs as the stream's own."""
+        same inputs as the stream's own. `keep`: the sequences' `_keep` masks, where the caller has them."""
         pad = self.layers[0][1].shape[-1] - 1
-        depth = len(self.layers)
-        keep = [[_within(seq.shape[0], pos, (depth - level) * pad) for level in range(depth + 1)] for seq, pos in rows]
+        keep = self._keep(rows) if keep is None else keep
         x = _packed([seq[k[0]] for (seq, _), k in zip(rows, keep)], rows_at_least=_MIN_ROWS)
         (w1, b1), (w2, b2) = self.head
         x = torch.relu_(F.linear(F.linear(x.to(self.dtype), w1, b1), w2, b2))
