@@ -96,9 +96,15 @@ def channel_samples(path: Path) -> np.ndarray:
 
 
 def read_batch(path: Path) -> dict[str, np.ndarray]:
+    """A batch's arrays; its audio is a read-only memory map of the .f32 file. The GPU worker copies each segment
+    from it into its staging buffer, so the samples are copied once from the page cache instead of twice (a read
+    into a fresh array, then the staging copy). A file whose samples do not match the offsets raises ValueError."""
     with np.load(path, allow_pickle=False) as data:
         out = {k: data[k] for k in data.files}
-    out["audio"] = np.fromfile(path.with_suffix(".f32"), dtype="<f4")
+    audio = path.with_suffix(".f32")
+    out["audio"] = np.memmap(audio, dtype="<f4", mode="r") if audio.stat().st_size else np.zeros(0, "<f4")
+    if "offsets" in out and int(out["offsets"][-1]) != out["audio"].size:
+        raise ValueError(f"the batch holds {out['audio'].size} samples where its segments need {int(out['offsets'][-1])}")
     return out
 
 
