@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import or_, select
 
 from shared import claims, progress, tasks
@@ -95,8 +96,8 @@ def decode_to_spool(f: File, info: decode.AudioInfo, spool: Spool) -> tuple[list
     try:
         budget = quotas.file_allowance(spool, f.job_id, get_settings())
         for block in decode.stream(Path(f.path), info, max_bytes=budget):
-            for out, channel in zip(outs, block):
-                out.write(channel.tobytes())
+            for out, channel in zip(outs, block):  # each row of a (channels, samples) block is contiguous
+                out.write(memoryview(np.ascontiguousarray(channel, dtype="<f4")).cast("B"))  # no bytes copy
             samples += block.shape[1]
     except BaseException:
         for p in paths:

@@ -74,3 +74,30 @@ def test_decoding_stops_at_the_job_budget_and_leaves_nothing(tmp_path, monkeypat
         assert quotas.job_spool_bytes(spool, "job") == 0  # the partial channels are removed
     finally:
         get_settings.cache_clear()
+
+
+def test_each_channel_on_the_spool_is_its_decoded_samples(tmp_path, monkeypatch):
+    """decode_to_spool writes every channel's 16 kHz float32 samples, block by block, to its own file."""
+    from shared.config import get_settings
+    from workers.ingest import decode
+
+    monkeypatch.setenv("SPEECHQ_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        rate, seconds = 8000, 130.0  # three 60 s decode blocks
+        t = np.arange(int(rate * seconds)) / rate
+        audio = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 97 * t)]).astype(np.float32)
+        path = samples.write(tmp_path / "two.flac", audio, rate, codec="flac")
+        f = SimpleNamespace(path=str(path), job_id="job", id="f1")
+        info = files.check(f, get_settings())
+        paths, n = files.decode_to_spool(f, info, Spool(get_settings().spool))
+        expected = np.concatenate(list(decode.stream(path, info)), axis=1)  # the blocks decode_to_spool wrote
+        channels = [np.fromfile(p, dtype="<f4") for p in paths]
+        assert len(channels) == 2 and all(c.size == n for c in channels)
+        assert abs(n - 16000 * seconds) <= 1
+        for c, e in zip(channels, expected):
+            np.testing.assert_array_equal(c, e)
+        # the two channels stay apart, in order: the 440 Hz tone is the louder one
+        assert np.sqrt(np.mean(channels[0] ** 2)) > 1.3 * np.sqrt(np.mean(channels[1] ** 2))
+    finally:
+        get_settings.cache_clear()
