@@ -280,3 +280,22 @@ def test_joined_runs_of_frames_index_as_one_sequence():
     assert joined.shape == (8, 4)
     assert torch.equal(joined[mask], torch.cat((past, block))[mask])
     assert torch.equal(Joined(past[:0], block)[mask[3:]], block[mask[3:]])
+
+
+def test_frame_level_cmvn_gives_the_stacked_features_bits():
+    """FSMN-VAD's am.mvn repeats one frame's statistics across the LFR vector, so the scorer normalises each
+    fbank frame once before stacking; the stacked features must equal, to the bit, normalising the stacked
+    400-dim vectors as funasr does (the general path), whatever the block boundaries."""
+    fast = Detector(DIRECTORY, "fp32").scorer
+    general = Detector(DIRECTORY, "fp32").scorer
+    assert fast.frame_cmvn is not None  # the shipped model takes the per-frame path
+    general.frame_cmvn = None
+    audio = np.random.default_rng(3).standard_normal(16000 * 7).astype(np.float32) * 0.1
+    cuts = [0, 399, 16000, 16161, 50000, 111999, audio.size]
+    a, b = StreamState(), StreamState()
+    for start, end in zip(cuts, cuts[1:]):
+        final = end == audio.size
+        fa = fast.features(a, audio[start:end], final)
+        fb = general.features(b, audio[start:end], final)
+        assert fa.shape == fb.shape
+        assert torch.equal(fa, fb)

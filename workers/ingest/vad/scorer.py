@@ -57,6 +57,14 @@ class Scorer:
         self.scale = float(1 << 15) if getattr(frontend, "upsacle_samples", True) else 1.0
         self.side = (frontend.lfr_m - 1) // 2
         self.cmvn = frontend.cmvn.float().clone() if frontend.cmvn is not None else None
+        # FSMN-VAD's am.mvn gives each of the LFR vector's lfr_m frames the same statistics: then each fbank frame
+        # is normalised once, before stacking (lfr_m times fewer sums, the same bits), and the stacked frames are a
+        # view of them, not a fresh (frames, 400) tensor
+        self.frame_cmvn = None
+        if self.cmvn is not None and self.cmvn.shape[1] % frontend.lfr_m == 0:
+            blocks = self.cmvn.view(2, frontend.lfr_m, -1)
+            if torch.equal(blocks, blocks[:, :1].expand_as(blocks)):
+                self.frame_cmvn = blocks[:, 0].contiguous()
         self.lorder = enc.fsmn[0].fsmn_block.lorder
         self.reach = len(enc.fsmn) * (self.lorder - 1)  # earlier input frames an output depends on
         self.exact = _Weights(enc, torch.float32)
@@ -81,6 +89,8 @@ class Scorer:
             with torch.inference_mode():
                 fb = self.logmel(torch.from_numpy(np.ascontiguousarray(x[: (n - 1) * self.logmel.shift + self.logmel.win]))
                                  * self.scale)
+                if self.frame_cmvn is not None:
+                    fb = fb.add_(self.frame_cmvn[0]).mul_(self.frame_cmvn[1])
             state.rest = x[n * self.logmel.shift:].copy()
         else:
             state.rest = x.copy()
@@ -96,10 +106,10 @@ class Scorer:
         if centres <= 0:
             state.context = frames
             return torch.zeros(0, frames.shape[1] * (2 * k + 1))
-        lfr = frames.unfold(0, 2 * k + 1, 1).transpose(1, 2).reshape(centres, -1)
+        lfr = frames.unfold(0, 2 * k + 1, 1).transpose(1, 2).reshape(centres, -1)  # a view: rows overlap
         state.context = frames[centres:]
-        if self.cmvn is not None:
-            lfr = torch.add(lfr, self.cmvn[0]).mul_(self.cmvn[1])  # lfr may be a view of overlapping frames
+        if self.cmvn is not None and self.frame_cmvn is None:
+            lfr = torch.add(lfr, self.cmvn[0]).mul_(self.cmvn[1])
         return lfr
 
     # -- network -----------------------------------------------------------------------------
