@@ -103,8 +103,9 @@ def read_batch(path: Path) -> dict[str, np.ndarray]:
         out = {k: data[k] for k in data.files}
     audio = path.with_suffix(".f32")
     out["audio"] = np.memmap(audio, dtype="<f4", mode="r") if audio.stat().st_size else np.zeros(0, "<f4")
-    if "offsets" in out and int(out["offsets"][-1]) != out["audio"].size:
-        raise ValueError(f"the batch holds {out['audio'].size} samples where its segments need {int(out['offsets'][-1])}")
+    need = int(out["offsets"][-1]) if "offsets" in out else out["audio"].size
+    if need != out["audio"].size:
+        raise ValueError(f"the batch holds {out['audio'].size} samples where its segments need {need}")
     return out
 
 
