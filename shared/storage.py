@@ -102,7 +102,7 @@ def read_batch(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         out = {k: data[k] for k in data.files}
     audio = path.with_suffix(".f32")
-    out["audio"] = np.memmap(audio, dtype="<f4", mode="r") if audio.stat().st_size else np.zeros(0, "<f4")
+    out["audio"] = channel_samples(audio) if audio.stat().st_size else np.zeros(0, np.float32)  # an empty file: no map
     need = int(out["offsets"][-1]) if "offsets" in out else out["audio"].size
     if need != out["audio"].size:
         raise ValueError(f"the batch holds {out['audio'].size} samples where its segments need {need}")
