@@ -21,6 +21,9 @@ def compiled(fn):
 
 
 def batch_dynamic(*tensors: torch.Tensor) -> None:
-    """Keep the batch dimension symbolic in a compiled graph (a no-op in eager mode)."""
+    """Keep the batch dimension symbolic in a compiled graph (a no-op in eager mode, and inside a region that is
+    itself being compiled, where dynamo may not trace the marking and every dimension is already dynamic)."""
+    if torch.compiler.is_compiling():
+        return
     for t in tensors:
         torch._dynamo.maybe_mark_dynamic(t, 0)
