@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     max_channels: int = Field(
         4, ge=1, description="Channels a recording may have; more fails that file (each channel is decoded, "
                              "segmented and recognised on its own).")
+    min_sample_rate: int = Field(
+        4000, ge=1, description="The lowest sample rate a recording may declare; lower fails that file. Telephone "
+                                "audio is 8 kHz; a header that claims, say, 1 Hz turns a few kilobytes into hours "
+                                "of audio to decode, segment and recognise.")
     max_file_spool_bytes: int = Field(
         2 * 1024**3, ge=1, description="Spool one file's decoded audio may take (16 kHz float32, every channel: "
                                        "64,000 bytes per channel-second; 2 GiB holds 4 h of stereo). Enforced "

@@ -96,8 +96,9 @@ def test_errors_name_the_file_as_submitted(api, tmp_path):
 
 def test_hostile_audio_and_archives_end_as_per_file_errors(api, tmp_path):
     """Issue 14 through the whole stack: files that try to make ffmpeg read a server file, a recording with too
-    many channels, a tar bomb and a member name longer than the database column. Each is a per-file error that
-    names it as submitted, the job ends, and the server file is never opened."""
+    many channels, a header that forges a 1 Hz sample rate, a tar bomb and a member name longer than the database
+    column. Each is a per-file error that names it as submitted, the job ends, and the server file is never
+    opened."""
     import tarfile
 
     from tests.unit.ingest.test_decode_hostile import Secret, _hls
@@ -110,6 +111,7 @@ def test_hostile_audio_and_archives_end_as_per_file_errors(api, tmp_path):
         (tmp_path / "x.wav").write_bytes(_hls(f"file://{secret.path}"))
         (tmp_path / "concat.wav").write_bytes(f"ffconcat version 1.0\nfile '{secret.path}'\n".encode())
         eight = samples.write(tmp_path / "eight.flac", 0.05 * np.ones((8, 8000), np.float32), 8000, codec="flac")
+        (tmp_path / "one-hertz.wav").write_bytes(_wav_bytes(np.zeros(8000), 1))  # 8,000 s claimed by 16 KB
         with tarfile.open(tmp_path / "bomb.tar.xz", "w:xz") as tf:
             info = tarfile.TarInfo("zeros.wav")
             info.size = 8 << 20
@@ -121,7 +123,7 @@ def test_hostile_audio_and_archives_end_as_per_file_errors(api, tmp_path):
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
         job = api.submit([tmp_path / "x.wav", tmp_path / "concat.wav", eight, tmp_path / "bomb.tar.xz",
-                          tmp_path / "long.tar"])
+                          tmp_path / "long.tar", tmp_path / "one-hertz.wav"])
         st = api.wait(job["id"])
     finally:
         read = secret.close()
@@ -131,6 +133,7 @@ def test_hostile_audio_and_archives_end_as_per_file_errors(api, tmp_path):
     assert errors["x.wav"].startswith("not an audio file: ffmpeg sees a playlist (hls)")
     assert errors["concat.wav"].startswith("not an audio file: ffmpeg sees a concat script")
     assert errors["eight.flac"] == "8 channels, over the limit of 4 (SPEECHQ_MAX_CHANNELS)"
+    assert errors["one-hertz.wav"].startswith("sample rate 1 Hz, under the lowest of 4000 Hz (SPEECHQ_MIN_SAMPLE_RATE)")
     assert "SPEECHQ_MAX_ARCHIVE_RATIO" in errors["bomb.tar.xz"]
     (long_name,) = [n for n in errors if n.startswith("long.tar/d/")]
     assert "longer than the limit of 1024" in errors[long_name]

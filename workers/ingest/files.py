@@ -77,6 +77,9 @@ def _fail(db, f: File, message: str) -> str:
 
 def check(f: File, settings) -> decode.AudioInfo:
     info = decode.probe(Path(f.path))
+    if info.sample_rate < settings.min_sample_rate:  # checked before the length, which a forged rate inflates
+        raise decode.AudioError(f"sample rate {info.sample_rate} Hz, under the lowest of {settings.min_sample_rate} Hz "
+                                "(SPEECHQ_MIN_SAMPLE_RATE): not a speech recording, or its header is damaged")
     if info.duration_s > settings.max_file_seconds:
         raise decode.AudioError(f"recording too long: {info.duration_s:.0f} s "
                                f"(limit SPEECHQ_MAX_FILE_SECONDS={settings.max_file_seconds:.0f})")

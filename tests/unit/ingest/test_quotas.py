@@ -27,6 +27,21 @@ def test_eight_channels_are_refused(tmp_path):
     assert files.check(f, Settings(max_channels=8)).channels == 8
 
 
+def test_a_forged_low_sample_rate_is_refused_before_its_length(tmp_path):
+    """A WAV header that claims 1 Hz makes 16 KB of samples 8,000 s of audio (128 million samples at 16 kHz to
+    decode, segment and recognise): it fails on its rate, before anything is decoded."""
+    import soundfile as sf
+
+    forged = tmp_path / "one-hertz.wav"
+    sf.write(forged, np.zeros(8_000, np.float32), 1, subtype="PCM_16")
+    f = SimpleNamespace(path=str(forged))
+    with pytest.raises(AudioError, match=r"^sample rate 1 Hz, under the lowest of 4000 Hz \(SPEECHQ_MIN_SAMPLE_RATE\)"):
+        files.check(f, Settings())
+    assert files.check(f, Settings(min_sample_rate=1)).duration_s == 8_000  # under the length limit: let through
+    phone = SimpleNamespace(path=str(_flac(tmp_path, 2)))
+    assert files.check(phone, Settings()).sample_rate == 8000
+
+
 @pytest.fixture(autouse=True)
 def fresh_scans(monkeypatch):
     """Every read of the job's spool bytes scans, unless a test says otherwise."""
