@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     )
     spool_dir: Path | None = Field(None, description="Shared storage for uploads and batch audio.")
     models_dir: Path | None = Field(None, description="Where model directories live.")
+    compile_cache_dir: Path | None = Field(
+        None, description="torch.compile's cache (Inductor's compiled graphs and Triton's kernels) of the GPU workers, "
+                          "kept across restarts; data_dir/compile-cache when unset.")
     vad_model_dir: Path = ASSETS / "fsmn-vad"
     vad_precision: Literal["auto", "fp32", "mixed", "bf16"] = Field(
         "auto", description="FSMN-VAD network on the CPU. fp32 and mixed (bf16, with frames near the decision "
@@ -199,6 +202,10 @@ class Settings(BaseSettings):
     @property
     def models(self) -> Path:
         return (self.models_dir or self.data_dir / "models").resolve()
+
+    @property
+    def compile_cache(self) -> Path:
+        return (self.compile_cache_dir or self.data_dir / "compile-cache").resolve()
 
     @property
     def sensevoice_dir(self) -> Path:
