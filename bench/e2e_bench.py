@@ -202,6 +202,8 @@ def start_stack(work: Path, calls: Path, dirs: dict[str, Path], port: int,
            "SPEECHQ_SENSEVOICE_MODEL_DIR": str(dirs["sensevoice"]),
            "SPEECHQ_EMOTION2VEC_MODEL_DIR": str(dirs["e2v-16+8"]), "SPEECHQ_API_PORT": str(port),
            "SPEECHQ_EMBEDDED_REDIS_PORT": str(port + 1)}
+    # one compile cache for every run, beside the models (each run has a fresh data folder): as a restarted stack
+    env.setdefault("SPEECHQ_COMPILE_CACHE_DIR", str(dirs["sensevoice"].parent / "compile-cache"))
     env.pop("REDIS_URL", None)
     env.pop("DATABASE_URL", None)
     if memory_gb:
