@@ -171,7 +171,10 @@ def test_mixed_precision_recomputes_frames_near_the_threshold_exactly(name, bloc
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("streams", "frames"), [(8, 6000), (1, 1), (3, 77)])
 def test_memory_block_sums_as_the_depthwise_conv1d(dtype, streams, frames):
-    """The channels-last convolution gives the conv1d-over-transposed-copies bits, fp32 and bf16."""
+    """The channels-last convolution gives the conv1d-over-transposed-copies bits: fp32 everywhere, bf16 on CPUs with
+    native bf16 (AVX-512 BF16 or AMX), where `auto` runs the checked-bf16 pass. Without it (AVX2 only) oneDNN's two
+    bf16 paths round their partial sums in another order, a few of 6 million sums differ in the last bits, and
+    `auto` runs the fp32 pass there: only closeness is asked."""
     from workers.ingest.vad.scorer import _memory_block
 
     g = torch.Generator().manual_seed(streams * frames)
@@ -179,7 +182,11 @@ def test_memory_block_sums_as_the_depthwise_conv1d(dtype, streams, frames):
     taps = torch.randn(128, 1, 20, generator=g).to(dtype)
     ref = torch.nn.functional.conv1d(y.transpose(1, 2), taps, groups=128).transpose(1, 2)
     got = _memory_block(y, taps)
-    assert torch.equal(got, ref) and got.is_contiguous()
+    assert got.is_contiguous()
+    if dtype == torch.float32 or cpu_has_bf16():
+        assert torch.equal(got, ref)
+    else:
+        torch.testing.assert_close(got, ref)
 
 
 @pytest.mark.parametrize("seed", range(3))
