@@ -196,6 +196,18 @@ def sample_db(samples: Samples, stop: threading.Event, db: Path, t0: float) -> N
 
 # --- the stack ---------------------------------------------------------------------------------------
 
+def ports_free(port: int) -> None:
+    """The API's and the embedded Valkey's ports must be free: otherwise `up` refuses to start, and an earlier
+    stack that still holds them (a bench run killed before it could stop its stack) would answer for it."""
+    from api.preflight import port_free
+
+    for name, env, number in [("API", "SPEECHQ_API_PORT", port),
+                              ("embedded Valkey", "SPEECHQ_EMBEDDED_REDIS_PORT", port + 1)]:
+        check = port_free(name, "127.0.0.1", number, env)
+        if not check.ok:
+            raise SystemExit(f"{check.name}: {check.message}; stop the stack that holds it, or pass --port")
+
+
 def start_stack(work: Path, calls: Path, dirs: dict[str, Path], port: int,
                 memory_gb: float | None) -> tuple[subprocess.Popen, dict]:
     env = {**os.environ, "SPEECHQ_DATA_DIR": str(work / "data"), "SPEECHQ_IMPORT_ROOT": str(calls),
@@ -229,7 +241,7 @@ def wait_ready(proc: subprocess.Popen, env: dict, work: Path, timeout: float = 6
         try:
             httpx.get(f"{url}/v1/health", timeout=5).raise_for_status()
             gpu = [w for w in heartbeat.alive(settings) if w.get("role") == "gpu"]
-            if gpu and all(w.get("state") == "ready" for w in gpu):
+            if gpu and all(w.get("state") == "ready" for w in gpu) and proc.poll() is None:
                 return
         except Exception:  # noqa: BLE001 - not up yet
             pass
@@ -385,6 +397,10 @@ def main() -> None:
     args = p.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    # killed by `timeout` or a scheduler: leave through the `finally` below, which stops the stack (its own
+    # process group), so that no stack outlives the bench
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    ports_free(args.port)
     work = args.work or Path(tempfile.mkdtemp(prefix="speechq-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
     calls = work / "calls"
